@@ -1,0 +1,82 @@
+/* kiln.h — the one public C API of kiln, a Stable Diffusion inference engine.
+ *
+ * Conventions (see DESIGN.md):
+ *  - Every fallible function returns int: KILN_OK (0) or a negative KILN_E* code.
+ *    On failure a message naming the file, tensor, field or shape involved is
+ *    available from kiln_last_error() (thread-local: it describes the last failure
+ *    on the calling thread and stays valid until the next kiln call on that thread).
+ *  - Handles are opaque. The creator of a handle frees it; every *_free(NULL) is a no-op.
+ *  - Output parameters are written only on success.
+ *  - A handle may be used by one thread at a time unless a function says otherwise.
+ */
+#ifndef KILN_H
+#define KILN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status codes ---------------------------------------------------------- */
+enum {
+    KILN_OK = 0,
+    KILN_EINVAL = -1,       /* invalid argument or value (a field, a shape, a name) */
+    KILN_ENOMEM = -2,       /* out of host or device memory */
+    KILN_EIO = -3,          /* a file could not be opened, read or written */
+    KILN_EFORMAT = -4,      /* a file is corrupt, truncated or not of the expected format */
+    KILN_EUNSUPPORTED = -5, /* valid input that kiln does not handle (dtype, architecture) */
+    KILN_ENOTFOUND = -6,    /* a named thing (tensor, file, sampler) does not exist */
+    KILN_EBACKEND = -7,     /* the compute backend failed (no GPU, driver error) */
+    KILN_ECANCELLED = -8,   /* a callback asked to stop */
+};
+
+/* A short constant name for a status code ("invalid argument", ...). */
+const char *kiln_status_str(int status);
+/* The message of the last failure on this thread ("" if none). */
+const char *kiln_last_error(void);
+/* The library version, "MAJOR.MINOR.PATCH". */
+const char *kiln_version(void);
+
+/* ---- logging ----------------------------------------------------------------- */
+typedef enum kiln_log_level { KILN_LOG_ERROR, KILN_LOG_WARN, KILN_LOG_INFO, KILN_LOG_DEBUG } kiln_log_level;
+typedef void (*kiln_log_fn)(void *user, kiln_log_level level, const char *message);
+
+/* ---- models -------------------------------------------------------------------- */
+typedef struct kiln_model kiln_model;
+
+typedef struct kiln_model_options {
+    const char *vae_path;   /* optional separate VAE file (A1111 "SD VAE"); NULL = the checkpoint's own */
+    kiln_log_fn log;        /* optional log sink; NULL = silent */
+    void *log_user;         /* passed to log */
+} kiln_model_options;
+
+/* Loads an A1111/LDM single-file checkpoint (.safetensors) or a diffusers folder.
+ * opts may be NULL. The file stays memory-mapped until kiln_model_free. */
+int kiln_model_load(const char *path, const kiln_model_options *opts, kiln_model **out);
+void kiln_model_free(kiln_model *model);
+/* Writes a human-readable description (family, hyper-parameters, tensor count, dtypes)
+ * into buf (always NUL-terminated, truncated to size). Returns the full length needed. */
+size_t kiln_model_describe(const kiln_model *model, char *buf, size_t size);
+
+/* ---- tokenizer ---------------------------------------------------------------- */
+typedef struct kiln_tokenizer kiln_tokenizer;
+
+/* Loads the CLIP BPE vocabulary: a bpe_simple_vocab_16e6.txt(.gz) file, or a diffusers
+ * tokenizer/ folder (vocab.json + merges.txt). path NULL = the default location
+ * ($KILN_CLIP_VOCAB, else the installed data directory). */
+int kiln_tokenizer_load(const char *path, kiln_tokenizer **out);
+void kiln_tokenizer_free(kiln_tokenizer *tok);
+/* Tokenizes UTF-8 text exactly as A1111 (HF slow CLIPTokenizer with ftfy) does, without
+ * BOS/EOS. Writes up to cap ids; *n_ids receives the full count (may exceed cap).
+ * Fails with KILN_EINVAL on text that is not valid UTF-8. */
+int kiln_tokenize(const kiln_tokenizer *tok, const char *text, int32_t *ids, size_t cap, size_t *n_ids);
+
+#define KILN_TOKEN_BOS 49406
+#define KILN_TOKEN_EOS 49407
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -291,7 +291,7 @@ static int check_vector(kiln_plan *p, kiln_op_kind kind, const char *role, int i
                      slot_str(p, id, a, sizeof a), (long long)n);
 }
 
-int kiln_plan_conv2d(kiln_plan *p, int x, int w, int b, int stride, int pad) {
+int kiln_plan_conv2d_ex(kiln_plan *p, int x, int w, int b, int stride, int pad, int pad_end) {
     int in[3] = {x, w, b}, opt[3] = {0, 0, 1};
     if (begin_op(p, KILN_OP_CONV2D, 3, in, opt) < 0) return -1;
     char where[160], a[256], c[256];
@@ -305,20 +305,25 @@ int kiln_plan_conv2d(kiln_plan *p, int x, int w, int b, int stride, int pad) {
         return plan_fail(p, KILN_EINVAL, "%s: input %s has %lld channels but %s expects %lld", where,
                          slot_str(p, x, a, sizeof a), (long long)S(x)->shape[1], slot_str(p, w, c, sizeof c),
                          (long long)S(w)->shape[1]);
-    if (stride < 1 || pad < 0)
-        return plan_fail(p, KILN_EINVAL, "%s: stride %d / padding %d (need stride >= 1, padding >= 0)", where, stride,
-                         pad);
+    if (stride < 1 || pad < 0 || pad_end < 0)
+        return plan_fail(p, KILN_EINVAL, "%s: stride %d / padding %d+%d (need stride >= 1, padding >= 0)", where,
+                         stride, pad, pad_end);
     if (check_vector(p, KILN_OP_CONV2D, "bias", b, S(w)->shape[0]) < 0) return -1;
-    int64_t oh = (S(x)->shape[2] + 2 * pad - S(w)->shape[2]) / stride + 1;
-    int64_t ow = (S(x)->shape[3] + 2 * pad - S(w)->shape[3]) / stride + 1;
-    if (S(x)->shape[2] + 2 * pad < S(w)->shape[2] || S(x)->shape[3] + 2 * pad < S(w)->shape[3])
+    int64_t ph = S(x)->shape[2] + 2 * pad + pad_end, pw = S(x)->shape[3] + 2 * pad + pad_end;
+    int64_t oh = (ph - S(w)->shape[2]) / stride + 1, ow = (pw - S(w)->shape[3]) / stride + 1;
+    if (ph < S(w)->shape[2] || pw < S(w)->shape[3])
         return plan_fail(p, KILN_EINVAL, "%s: input %s is smaller than the %lldx%lld kernel with padding %d", where,
                          slot_str(p, x, a, sizeof a), (long long)S(w)->shape[2], (long long)S(w)->shape[3], pad);
     kiln_op op = op_init(KILN_OP_CONV2D, 3, x, w, b, -1);
     op.stride = stride;
     op.pad = pad;
+    op.pad_end = pad_end;
     int64_t shape[4] = {S(x)->shape[0], S(w)->shape[0], oh, ow};
     return emit(p, &op, 4, shape);
+}
+
+int kiln_plan_conv2d(kiln_plan *p, int x, int w, int b, int stride, int pad) {
+    return kiln_plan_conv2d_ex(p, x, w, b, stride, pad, 0);
 }
 
 int kiln_plan_linear(kiln_plan *p, int x, int w, int b) {

@@ -1,7 +1,8 @@
 /* cpu_conv.c — 2-D convolution on the CPU: im2col + sgemm (direct sgemm for 1x1 convs).
  *
- * Semantics as torch.nn.functional.conv2d with groups = 1: zero padding on all four sides,
- * the same stride in both directions, any kernel size. For each image the output
+ * Semantics as torch.nn.functional.conv2d with groups = 1: `pad` zeros on all four sides
+ * plus `pad_end` more after each axis (LDM's VAE downsampling pads (0,1,0,1)), the same
+ * stride in both directions, any kernel size. For each image the output
  * [O, Ho*Wo] is W [O, C*kh*kw] times the column matrix [C*kh*kw, Ho*Wo]. The column matrix
  * is built a band of output rows at a time so its scratch stays bounded on big images. */
 #include <cblas.h>
@@ -9,12 +10,12 @@
 
 #include "backend/cpu/cpu_ops.h"
 
-/* Upper bound on the im2col band, in floats (32 MiB). */
-#define CONV_SCRATCH_FLOATS ((size_t)8 << 20)
+/* Upper bound on the im2col band, in floats (16 MiB). */
+#define CONV_SCRATCH_FLOATS ((size_t)4 << 20)
 
 static int is_pointwise(const kiln_plan *p, const kiln_op *op) {
     const kiln_slot *w = &p->slots[op->in[1]];
-    return w->shape[2] == 1 && w->shape[3] == 1 && op->stride == 1 && op->pad == 0;
+    return w->shape[2] == 1 && w->shape[3] == 1 && op->stride == 1 && op->pad == 0 && op->pad_end == 0;
 }
 
 /* Output rows per im2col band for this op. */

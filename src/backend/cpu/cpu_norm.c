@@ -30,18 +30,21 @@ void kiln_cpu_group_norm(const kiln_cpu_exec *e, const kiln_op *op) {
         }
         double rstd = 1.0 / sqrt(sq / (double)count + (double)op->eps);
         int64_t c0 = (ng % groups) * cg;
+        /* subtracting the mean first (not folding it into the bias) keeps precision when
+         * the mean is large next to the spread; the mean goes in as two floats (high and
+         * low part) so that x - mean is nearly exact */
+        float m = (float)mean, m_lo = (float)(mean - (double)m);
         for (int64_t ci = 0; ci < cg; ci++) {
-            float a = (float)(gamma[c0 + ci] * rstd);
-            float b = (float)(beta[c0 + ci] - mean * gamma[c0 + ci] * rstd);
+            float a = (float)(gamma[c0 + ci] * rstd), b = beta[c0 + ci];
             const float *xc = xg + ci * hw;
             float *yc = yg + ci * hw;
             if (silu) {
                 for (int64_t i = 0; i < hw; i++) {
-                    float v = xc[i] * a + b;
+                    float v = ((xc[i] - m) - m_lo) * a + b;
                     yc[i] = v / (1.0f + expf(-v));
                 }
             } else {
-                for (int64_t i = 0; i < hw; i++) yc[i] = xc[i] * a + b;
+                for (int64_t i = 0; i < hw; i++) yc[i] = ((xc[i] - m) - m_lo) * a + b;
             }
         }
     }

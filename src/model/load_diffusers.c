@@ -331,9 +331,12 @@ static int text_encoder_kind(const char *dir, const char **component) {
 
 int kiln_load_diffusers(struct kiln_model *m, const char *dir) {
     if (!m || !m->weights || !dir) return kiln_error(KILN_EINVAL, "kiln_load_diffusers: no model or folder");
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model_index.json", dir);
+    if (!is_file(path)) return kiln_error(KILN_ENOTFOUND, "%s: not a diffusers folder (no model_index.json)", dir);
     json_t *index;
     int rc = read_json(dir, "model_index.json", &index);
-    if (rc < 0) return kiln_error_context(rc, "not a diffusers folder");
+    KILN_TRY(rc);
     int sdxl = has_component(index, "text_encoder_2");
     static const char *const required[] = {"unet", "vae", "text_encoder"};
     for (int i = 0; i < 3 && rc >= 0; i++)
@@ -357,7 +360,6 @@ int kiln_load_diffusers(struct kiln_model *m, const char *dir) {
 
     read_prediction(m, dir);
     read_scaling_factor(m, dir);
-    char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer", dir);
     if (is_dir(path)) {
         char *v = strdup(path);

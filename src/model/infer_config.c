@@ -104,7 +104,7 @@ static int infer_vae(struct kiln_model *m, kiln_vae_config *v) {
     }
     v->num_res_blocks = count_indexed(m, VAE "encoder.down.0.block.", ".conv1.weight");
     v->groups = 32;
-    v->scaling_factor = 0.18215f;
+    v->scaling_factor = 0.18215;
     return KILN_OK;
 }
 

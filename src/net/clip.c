@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "core/error.h"
 #include "net/net.h"
 
 /* One pre-norm encoder layer: x + attn(ln1(x)), then x + mlp(ln2(x)). x: [B, L, H] */
@@ -49,4 +50,22 @@ int kiln_build_clip(kiln_plan *p, const kiln_clip_config *c, int batch, int n_to
     x = kiln_net_layer_norm(p, x, name, H, c->eps);
     kiln_plan_output(p, x, "hidden");
     return kiln_plan_finalize(p);
+}
+
+int kiln_clip_embed_tokens(const kiln_weights *w, const kiln_clip_config *c, const int32_t *ids, int n, float *out) {
+    char name[256];
+    snprintf(name, sizeof name, "%sembeddings.token_embedding.weight", c->prefix);
+    const kiln_weight *t = kiln_weights_find(w, name);
+    if (!t) return kiln_error(KILN_ENOTFOUND, "tensor %s not found", name);
+    const size_t row = kiln_dtype_size(t->dtype) * (size_t)c->hidden;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return kiln_error(KILN_EINVAL, "token id %d is outside the vocabulary (0..%d)", ids[i], c->vocab_size - 1);
+        kiln_weight one = *t;
+        one.ndim = 1;
+        one.shape[0] = c->hidden;
+        one.data = (const uint8_t *)t->data + row * (size_t)ids[i];
+        kiln_weight_to_f32(&one, out + (size_t)i * c->hidden);
+    }
+    return KILN_OK;
 }

@@ -16,6 +16,9 @@
  * clip_skip 1 = the last layer (A1111 "Clip skip"). */
 int kiln_build_clip(kiln_plan *p, const kiln_clip_config *c, int batch, int n_tokens, int clip_skip);
 
+/* Token embedding rows of ids[0..n) as float32 into out [n, hidden] (the CLIP plan's "embeds" input). */
+int kiln_clip_embed_tokens(const kiln_weights *w, const kiln_clip_config *c, const int32_t *ids, int n, float *out);
+
 /* U-Net noise predictor (LDM names under "model.diffusion_model.").
  * inputs "x" [batch, in_channels, h, w] (already scaled by c_in), "t" [batch] (fractional timesteps),
  *        "context" [batch, ctx_len, context_dim]

@@ -45,7 +45,9 @@ typedef struct kiln_slot {
 } kiln_slot;
 
 typedef enum kiln_op_kind {
-    KILN_OP_CONV2D,          /* x[N,C,H,W], w[O,C,kh,kw], b[O] (optional) -> [N,O,H',W']; stride, pad */
+    KILN_OP_CONV2D,          /* x[N,C,H,W], w[O,C,kh,kw], b[O] (optional) -> [N,O,H',W']; stride, pad, pad_end:
+                                zero padding `pad` before and `pad + pad_end` after each spatial axis
+                                (pad_end = 1 with pad = 0 is LDM's asymmetric VAE downsampling) */
     KILN_OP_LINEAR,          /* x[..,K], w[N,K], b[N] (optional) -> [..,N] */
     KILN_OP_GROUP_NORM,      /* x[N,C,...], gamma[C], beta[C] -> same; groups, eps; act = NONE or SILU */
     KILN_OP_LAYER_NORM,      /* x[..,C], gamma[C], beta[C] -> same; eps (over the last dim) */
@@ -72,7 +74,7 @@ typedef struct kiln_op {
     int in[KILN_PLAN_MAX_INPUTS];  /* slot ids; -1 for an absent optional input (bias) */
     int out;                       /* slot id */
     /* attributes; each op reads the ones its comment above names */
-    int stride, pad;               /* CONV2D */
+    int stride, pad, pad_end;      /* CONV2D */
     int groups;                    /* GROUP_NORM */
     kiln_activation act;           /* GROUP_NORM (fused), ACTIVATION */
     int heads, causal;             /* ATTENTION */
@@ -111,6 +113,8 @@ int kiln_plan_output(kiln_plan *p, int slot, const char *name);
 
 /* Ops: each returns the output slot (or -1 once the plan has failed). */
 int kiln_plan_conv2d(kiln_plan *p, int x, int w, int b, int stride, int pad);
+/* Conv with pad_end extra zeros after each spatial axis (see KILN_OP_CONV2D). */
+int kiln_plan_conv2d_ex(kiln_plan *p, int x, int w, int b, int stride, int pad, int pad_end);
 int kiln_plan_linear(kiln_plan *p, int x, int w, int b);
 int kiln_plan_group_norm(kiln_plan *p, int x, int gamma, int beta, int groups, float eps, kiln_activation act);
 int kiln_plan_layer_norm(kiln_plan *p, int x, int gamma, int beta, float eps);

@@ -314,7 +314,7 @@ static void read_scaling_factor(struct kiln_model *m, const char *dir) {
     snprintf(path, sizeof path, "%s/vae/config.json", dir);
     json_t *cfg = json_load_file(path, 0, NULL);
     json_t *v = json_object_get(cfg, "scaling_factor");
-    if (json_is_number(v)) m->config.vae.scaling_factor = (float)json_number_value(v);
+    if (json_is_number(v)) m->config.vae.scaling_factor = json_number_value(v);
     json_decref(cfg);
 }
 

@@ -397,6 +397,55 @@ TEST(folder_errors) {
     expect_load_error(dir, KILN_ENOTFOUND, "encoder.frobnicator.weight", "unmappable/vae/diffusion_pytorch_model");
 }
 
+/* Rewrites one component file of a scratch folder: the good file's tensors without `drop`, plus `extra`. */
+static int rewrite_component(const char *good_dir, const char *dir, const char *rel, const char *drop,
+                             const kiln_st_write_tensor *extra) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", good_dir, rel);
+    kiln_st_file *f = NULL;
+    if (kiln_st_open(path, &f) != 0) return -1;
+    kiln_st_write_tensor *wt = calloc((size_t)f->n_tensors + 1, sizeof *wt);
+    int n = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const kiln_st_tensor *t = &f->tensors[i];
+        if (drop && !strcmp(t->name, drop)) continue;
+        wt[n++] = (kiln_st_write_tensor){t->name, t->dtype, t->ndim, t->shape, t->data};
+    }
+    if (extra) wt[n++] = *extra;
+    snprintf(path, sizeof path, "%s/%s", dir, rel);
+    unlink(path);
+    int rc = kiln_st_write(path, wt, n, NULL, NULL, 0);
+    free(wt);
+    kiln_st_close(f);
+    return rc;
+}
+
+TEST(folder_errors_fused_and_duplicates) {
+    /* SD2: a k_proj missing, so in_proj_weight cannot be stacked */
+    const char *good = materialize(&SD21);
+    CHECK(good != NULL);
+    if (!good) return;
+    char gbuf[1024], dir[1200], cmd[4096];
+    snprintf(gbuf, sizeof gbuf, "%s", good);
+    snprintf(dir, sizeof dir, "%s/sd21_no_k", WORK);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && cp -rs %s %s", dir, gbuf, dir);
+    CHECK(sh(cmd) == 0);
+    CHECK(rewrite_component(gbuf, dir, "text_encoder/model.safetensors",
+                            "text_model.encoder.layers.1.self_attn.k_proj.weight", NULL) == 0);
+    expect_load_error(dir, KILN_ENOTFOUND, "k_proj missing", "resblocks.1.attn.in_proj_weight");
+
+    /* two diffusers names for one LDM tensor (new and old VAE attention names) */
+    const char *d2 = scratch_folder("vae_dup");
+    CHECK(d2 != NULL);
+    if (!d2) return;
+    snprintf(dir, sizeof dir, "%s", d2);
+    float v[32] = {0};
+    int64_t shape[1] = {32};
+    kiln_st_write_tensor extra = {"encoder.mid_block.attentions.0.query.bias", KILN_F32, 1, shape, v};
+    CHECK(rewrite_component(materialize(&SD15), dir, "vae/diffusion_pytorch_model.safetensors", NULL, &extra) == 0);
+    expect_load_error(dir, KILN_EFORMAT, "encoder.mid.attn_1.q.bias", NULL);
+}
+
 /* ---- separate VAE files ---- */
 
 /* The SD1.5 LDM file's float tensors in a store, as the single-file loader would leave them. */
@@ -562,6 +611,22 @@ TEST(vae_file_errors) {
     CHECK(strstr(kiln_last_error(), "no VAE tensors") != NULL);
     model_done(&m);
 
+    /* the same tensor twice, with and without the prefix */
+    kiln_st_write_tensor twice[2] = {{"decoder.conv_out.bias", KILN_F32, 1, shape, v},
+                                     {"first_stage_model.decoder.conv_out.bias", KILN_F32, 1, shape, v}};
+    snprintf(path, sizeof path, "%s/vae_twice.safetensors", WORK);
+    CHECK(kiln_st_write(path, twice, 2, NULL, NULL, 0) == 0);
+    model_init(&m);
+    CHECK(kiln_load_vae_file(&m, path) == KILN_EFORMAT);
+    CHECK(strstr(kiln_last_error(), "first_stage_model.decoder.conv_out.bias") != NULL);
+    model_done(&m);
+
+    /* pickle VAEs are refused by name */
+    model_init(&m);
+    CHECK(kiln_load_vae_file(&m, WORK "/vae-ft-mse.PT") == KILN_EUNSUPPORTED);
+    CHECK(strstr(kiln_last_error(), "vae-ft-mse.PT") != NULL);
+    model_done(&m);
+
     /* a missing file names the path */
     model_init(&m);
     CHECK(kiln_load_vae_file(&m, WORK "/no_such_vae.safetensors") < 0);
@@ -616,6 +681,7 @@ int main(void) {
     RUN(folder_fp16_variant_and_position_ids);
     RUN(folder_sharded_unet);
     RUN(folder_errors);
+    RUN(folder_errors_fused_and_duplicates);
     RUN(vae_file_ldm_names);
     RUN(vae_file_diffusers_names);
     RUN(vae_file_errors);

@@ -262,6 +262,12 @@ static int load_component(struct kiln_model *m, const char *dir, const char *sub
                 break;
             }
             int part = open_clip ? qkv_part(t->name) : -1;
+            const kiln_weight *dup = part < 0 ? kiln_weights_find(m->weights, ldm) : NULL;
+            if (dup) {
+                rc = kiln_error(KILN_EFORMAT, "%s: tensor %s maps to %s, already given by another tensor of %s",
+                                f->path, t->name, ldm, dup->source ? dup->source : "this folder");
+                break;
+            }
             if (part >= 0) {
                 int k = 0;
                 while (k < n_fz && strcmp(fz[k].name, ldm)) k++;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/error.h"
 #include "model/model.h"
@@ -69,6 +70,14 @@ static int is_vae_attn_weight(const char *ldm) {
 
 int kiln_load_vae_file(struct kiln_model *m, const char *path) {
     if (!m || !m->weights || !path) return kiln_error(KILN_EINVAL, "kiln_load_vae_file: no model or path");
+    static const char *const pickles[] = {".pt", ".ckpt", ".pth", ".bin"};
+    size_t len = strlen(path);
+    for (size_t i = 0; i < sizeof pickles / sizeof pickles[0]; i++) {
+        size_t k = strlen(pickles[i]);
+        if (len >= k && !strcasecmp(path + len - k, pickles[i]))
+            return kiln_error(KILN_EUNSUPPORTED, "VAE file %s: pickle files are not supported; use a .safetensors VAE",
+                              path);
+    }
     kiln_st_file *f;
     KILN_TRY(kiln_model_open_file(m, path, &f));
 
@@ -97,8 +106,10 @@ int kiln_load_vae_file(struct kiln_model *m, const char *path) {
             shape[2] = shape[3] = 1;
             ndim = 4;
         }
+        const kiln_weight *old = kiln_weights_find(m->weights, ldm);
+        if (old && old->source == f->path)
+            return kiln_error(KILN_EFORMAT, "VAE file %s: two tensors map to %s (%s is the second)", path, ldm, t->name);
         if (had_vae) {
-            const kiln_weight *old = kiln_weights_find(m->weights, ldm);
             if (!old)
                 return kiln_error(KILN_ENOTFOUND, "VAE file %s: tensor %s (%s) does not exist in the checkpoint's VAE",
                                   path, t->name, ldm);

@@ -53,8 +53,10 @@ void kiln_cpu_attention(const kiln_cpu_exec *e, const kiln_op *op) {
     int64_t n_tasks = nb * heads * bands;
     int causal = op->causal;
     float scale = op->scale;
+    /* about 4 multiply-adds per score (2 * d in the products, plus the softmax) per 16 work units */
+    int team = kiln_cpu_team(e->n_threads, nb * heads * lq * lk * (2 * d + 8) / 16);
 
-#pragma omp parallel for num_threads(e->n_threads) schedule(dynamic)
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(dynamic)
     for (int64_t t = 0; t < n_tasks; t++) {
         int64_t b = t / (heads * bands), h = t / bands % heads, i0 = t % bands * rows;
         int64_t m = lq - i0 < rows ? lq - i0 : rows;

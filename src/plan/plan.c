@@ -76,6 +76,10 @@ int64_t kiln_slot_numel(const kiln_slot *s) {
 
 /* Appends a slot; returns its id or -1 (plan failed). */
 static int add_slot(kiln_plan *p, kiln_slot_kind kind, kiln_slot_dtype dtype, int ndim, const int64_t *shape) {
+    /* shape often points into p->slots (an op's output shaped like its input), which the
+     * realloc below may move: copy it first */
+    int64_t dims[KILN_PLAN_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) dims[i] = shape[i];
     if (p->n_slots == p->cap_slots) {
         int cap = p->cap_slots ? p->cap_slots * 2 : 64;
         kiln_slot *s = realloc(p->slots, (size_t)cap * sizeof *s);
@@ -88,7 +92,7 @@ static int add_slot(kiln_plan *p, kiln_slot_kind kind, kiln_slot_dtype dtype, in
     s->kind = kind;
     s->dtype = dtype;
     s->ndim = ndim;
-    for (int i = 0; i < ndim; i++) s->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++) s->shape[i] = dims[i];
     s->producer = -1;
     s->last_use = -1;
     return p->n_slots++;

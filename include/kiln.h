@@ -60,6 +60,10 @@ void kiln_model_free(kiln_model *model);
  * into buf (always NUL-terminated, truncated to size). Returns the full length needed. */
 size_t kiln_model_describe(const kiln_model *model, char *buf, size_t size);
 
+/* Writes a checkpoint of a known architecture ("sd15", "tiny-sd15") with random fp16 weights, in the A1111
+ * single-file layout, atomically. For benchmarks: speed does not depend on the values. */
+int kiln_write_random_checkpoint(const char *arch, const char *path, uint64_t seed);
+
 /* ---- tokenizer ---------------------------------------------------------------- */
 typedef struct kiln_tokenizer kiln_tokenizer;
 

@@ -46,6 +46,7 @@ static int cp_push(cpbuf *b, uint32_t c) {
 }
 
 static int cp_push_n(cpbuf *b, const uint32_t *c, size_t n) {
+    if (n == 0) return 0;
     if (cp_reserve(b, n)) return KILN_ENOMEM;
     memcpy(b->v + b->n, c, n * sizeof *c);
     b->n += n;
@@ -329,7 +330,7 @@ static int fix_segment(const uint32_t *seg, size_t n, int unescape, cpbuf *resul
         if ((rc = map_chars(&b, &a))) break;
         if ((rc = fix_breaks_and_controls(&a, &b))) break;
         if ((rc = nfc(&b, &a))) break;
-        if (a.n == orig.n && memcmp(a.v, orig.v, a.n * sizeof *a.v) == 0) break;
+        if (a.n == orig.n && (a.n == 0 || memcmp(a.v, orig.v, a.n * sizeof *a.v) == 0)) break;
     }
     if (rc == 0) rc = cp_push_n(result, a.v, a.n);
     free(a.v);

@@ -156,12 +156,16 @@ static int ic_equal(uint32_t c, char pattern) {
     return to_lower(c) == to_lower(p) || to_upper(c) == to_upper(p);
 }
 
-/* Unicode Cased (Lowercase or Uppercase or Lt), from categories and case mappings, plus the two
- * Other_Lowercase letters of Latin-1 that have no case mapping. */
+/* Unicode Cased (Lowercase or Uppercase or Lt), from categories and case mappings, plus the
+ * Other_Lowercase/Other_Uppercase characters that have neither a case mapping nor are
+ * case-ignorable (where Cased is never asked): ordinal indicators and squared/negative-circled/
+ * negative-squared Latin capitals (checked against Python's str.lower() on every code point). */
 static int is_cased(uint32_t c) {
     utf8proc_category_t k = category(c);
     if (k == UTF8PROC_CATEGORY_LU || k == UTF8PROC_CATEGORY_LL || k == UTF8PROC_CATEGORY_LT) return 1;
-    if (c == 0xAA || c == 0xBA) return 1;
+    if (c == 0xAA || c == 0xBA || (c >= 0x1F130 && c <= 0x1F149) || (c >= 0x1F150 && c <= 0x1F169) ||
+        (c >= 0x1F170 && c <= 0x1F189))
+        return 1;
     return to_lower(c) != c || to_upper(c) != c || to_title(c) != c;
 }
 

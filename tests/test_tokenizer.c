@@ -3,6 +3,7 @@
  * special tokens, ftfy details, missing vocabulary files. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include <jansson.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,6 +263,36 @@ TEST(missing_vocab) {
     kiln_tokenizer_free(NULL);
 }
 
+/* Several threads on one tokenizer (the word cache is shared) get the single-thread ids. */
+static void *thread_body(void *arg) {
+    json_t *prompts = json_object_get(fixture, "prompts");
+    intptr_t bad = 0;
+    for (int round = 0; round < 20; round++)
+        for (size_t i = 0; i < json_array_size(prompts); i++) {
+            size_t k = (i + (size_t)(intptr_t)arg * 7 + (size_t)round) % json_array_size(prompts);
+            json_t *p = json_array_get(prompts, k), *want = json_object_get(p, "ids");
+            int32_t ids[512];
+            size_t n = 0;
+            if (kiln_tokenize(tok_gz, json_string_value(json_object_get(p, "prompt")), ids, 512, &n) != KILN_OK ||
+                n != json_array_size(want)) {
+                bad++;
+                continue;
+            }
+            for (size_t j = 0; j < n; j++) bad += ids[j] != (int32_t)json_integer_value(json_array_get(want, j));
+        }
+    return (void *)bad;
+}
+
+TEST(threads_share_tokenizer) {
+    pthread_t th[4];
+    for (intptr_t i = 0; i < 4; i++) CHECK(pthread_create(&th[i], NULL, thread_body, (void *)i) == 0);
+    for (int i = 0; i < 4; i++) {
+        void *bad = NULL;
+        pthread_join(th[i], &bad);
+        CHECK_MSG(bad == NULL, "thread %d: %ld wrong ids", i, (long)(intptr_t)bad);
+    }
+}
+
 int main(void) {
     RUN(load_both_sources);
     RUN(sources_identical);
@@ -273,6 +304,7 @@ int main(void) {
     RUN(long_prompt);
     RUN(special_tokens);
     RUN(ftfy_html_rules);
+    RUN(threads_share_tokenizer);
     RUN(missing_vocab);
     kiln_tokenizer_free(tok_gz);
     kiln_tokenizer_free(tok_diffusers);

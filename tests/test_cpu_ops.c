@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_ops.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "test.h"
@@ -64,6 +65,22 @@ static void check_close(const char *what, const float *got, const float *want, i
 
 /* Reference results are computed in double and stored as float for the comparison. */
 static float *ref_alloc(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(float)); }
+
+/* ---- the vectorisable exp behind softmax and the sigmoids ---- */
+
+TEST(fast_expf) {
+    double worst = 0;
+    for (int i = 0; i <= 2000000; i++) {
+        float x = -87.0f + 175.0f * (float)i / 2000000.0f;
+        double want = exp((double)x), got = kiln_cpu_expf(x);
+        double rel = fabs(got - want) / want;
+        if (rel > worst) worst = rel;
+    }
+    CHECK_MSG(worst < 3.6e-7, "max relative error %.3g (3 ulp = 3.6e-7)", worst);
+    CHECK(kiln_cpu_expf(0.0f) == 1.0f);
+    CHECK(kiln_cpu_expf(-1000.0f) < 1e-37f && kiln_cpu_expf(-1000.0f) >= 0.0f);
+    CHECK(isinf(kiln_cpu_expf(1000.0f)));
+}
 
 /* ---- conv2d ---- */
 
@@ -623,6 +640,7 @@ TEST(backend_by_name) {
 }
 
 int main(void) {
+    RUN(fast_expf);
     RUN(conv2d_3x3_stride2);
     RUN(conv2d_3x3_stride1);
     RUN(conv2d_1x1);

@@ -102,7 +102,7 @@ static int cpu_compile(kiln_backend *be, const kiln_plan *plan, kiln_compiled **
         const kiln_op *op = &plan->ops[o];
         size_t need = 0;
         if (op->kind == KILN_OP_CONV2D) need = kiln_cpu_conv2d_scratch(plan, op);
-        if (op->kind == KILN_OP_ATTENTION) need = kiln_cpu_attention_scratch(plan, op);
+        if (op->kind == KILN_OP_ATTENTION) need = kiln_cpu_attention_scratch(plan, op, c->n_threads);
         if (need > scratch) scratch = need;
     }
     c->scratch_floats = scratch;
@@ -159,7 +159,8 @@ static int cpu_run(kiln_compiled *c, const void *const *inputs, void *const *out
         c->ptr[c->out_slots[i]] = outputs[i];
     }
     kiln_cpu_exec e = {p, c->ptr, c->n_threads, c->scratch, c->scratch_floats};
-    if (c->n_threads > 0) openblas_set_num_threads(c->n_threads);
+    /* kernels split products across the OpenMP team themselves (see cpu_ops.h) */
+    openblas_set_num_threads(1);
     for (int o = 0; o < p->n_ops; o++) run_op(&e, &p->ops[o]);
     return 0;
 }

@@ -73,16 +73,16 @@ void kiln_cpu_conv2d(const kiln_cpu_exec *e, const kiln_op *op) {
         const float *xb = x + b * c * h * w;
         float *yb = y + b * o * hw_out;
         if (is_pointwise(p, op)) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)o, (int)hw_out, (int)c, 1.0f, wt, (int)c, xb,
-                        (int)hw_out, 0.0f, yb, (int)hw_out);
+            kiln_cpu_sgemm(e->n_threads, CblasNoTrans, CblasNoTrans, (int)o, (int)hw_out, (int)c, 1.0f, wt, (int)c, xb,
+                           (int)hw_out, 0.0f, yb, (int)hw_out);
             continue;
         }
         int64_t rows = band_rows(p, op);
         for (int64_t oh0 = 0; oh0 < ho; oh0 += rows) {
             int64_t r = ho - oh0 < rows ? ho - oh0 : rows;
             im2col(xb, c, h, w, kh, kw, op->stride, op->pad, oh0, r, wo, e->scratch, e->n_threads);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)o, (int)(r * wo), (int)k, 1.0f, wt, (int)k,
-                        e->scratch, (int)(r * wo), 0.0f, yb + oh0 * wo, (int)hw_out);
+            kiln_cpu_sgemm(e->n_threads, CblasNoTrans, CblasNoTrans, (int)o, (int)(r * wo), (int)k, 1.0f, wt, (int)k,
+                           e->scratch, (int)(r * wo), 0.0f, yb + oh0 * wo, (int)hw_out);
         }
     }
     if (!bias) return;

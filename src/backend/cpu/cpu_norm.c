@@ -22,8 +22,10 @@ void kiln_cpu_group_norm(const kiln_cpu_exec *e, const kiln_op *op) {
         const float *xg = x + ng * count;
         float *yg = y + ng * count;
         double sum = 0, sq = 0;
+#pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < count; i++) sum += xg[i];
         double mean = sum / (double)count;
+#pragma omp simd reduction(+ : sq)
         for (int64_t i = 0; i < count; i++) {
             double d = xg[i] - mean;
             sq += d * d;
@@ -62,8 +64,10 @@ void kiln_cpu_layer_norm(const kiln_cpu_exec *e, const kiln_op *op) {
         const float *xr = x + r * c;
         float *yr = y + r * c;
         double sum = 0, sq = 0;
+#pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < c; i++) sum += xr[i];
         double mean = sum / (double)c;
+#pragma omp simd reduction(+ : sq)
         for (int64_t i = 0; i < c; i++) {
             double d = xr[i] - mean;
             sq += d * d;

@@ -117,7 +117,7 @@ static int kc_cudnn_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, cons
                         float *ms) {
     *out = NULL;
     *ms = FLT_MAX;
-    if (!libs->cudnn) return 0;
+    if (!libs->cudnn || cv->pad_end) return 0;  // cuDNN pads symmetrically only
     cudnnHandle_t h = (cudnnHandle_t)libs->cudnn;
     kc_cudnn_state *d = (kc_cudnn_state *)calloc(1, sizeof *d);
     if (!d) return kiln_error(KILN_ENOMEM, "out of memory");
@@ -244,13 +244,13 @@ static float kc_time_cudnn(kc_libs *libs, const kc_conv *cv, const kc_cudnn_stat
 }
 #endif
 
-size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad) {
-    int Ho = (H + 2 * pad - kh) / stride + 1, Wo = (W + 2 * pad - kw) / stride + 1;
+size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad, int pad_end) {
+    int Ho = (H + 2 * pad + pad_end - kh) / stride + 1, Wo = (W + 2 * pad + pad_end - kw) / stride + 1;
     size_t bound = kc_gemm_workspace_bytes;
-    if (!(kh == 1 && kw == 1 && stride == 1 && pad == 0)) {
+    if (!(kh == 1 && kw == 1 && stride == 1 && pad == 0 && pad_end == 0)) {
         size_t col = kc_im2col_bytes(N, C, kh, kw, Ho, Wo);
 #ifdef KILN_HAVE_CUDNN
-        if (col > kc_im2col_limit) col = 0;  // cuDNN only
+        if (col > kc_im2col_limit && pad_end == 0) col = 0;  // cuDNN only
         if (bound < kc_cudnn_workspace_limit) bound = kc_cudnn_workspace_limit;
 #endif
         bound += ((col + 255) & ~(size_t)255);
@@ -260,16 +260,16 @@ size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, 
 }
 
 int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad,
-                 int has_bias, int has_residual, const kc_half *x, const kc_half *w, const kc_half *bias,
+                 int pad_end, int has_bias, int has_residual, const kc_half *x, const kc_half *w, const kc_half *bias,
                  const kc_half *res, kc_half *y, void *scratch, size_t scratch_size) {
     memset(cv, 0, sizeof *cv);
     cv->N = N, cv->C = C, cv->H = H, cv->W = W, cv->O = O, cv->kh = kh, cv->kw = kw, cv->stride = stride;
-    cv->pad = pad, cv->has_bias = has_bias, cv->has_residual = has_residual;
-    cv->Ho = (H + 2 * pad - kh) / stride + 1;
-    cv->Wo = (W + 2 * pad - kw) / stride + 1;
+    cv->pad = pad, cv->pad_end = pad_end, cv->has_bias = has_bias, cv->has_residual = has_residual;
+    cv->Ho = (H + 2 * pad + pad_end - kh) / stride + 1;
+    cv->Wo = (W + 2 * pad + pad_end - kw) / stride + 1;
     long long pixels = (long long)N * cv->Ho * cv->Wo;
     const kc_half *b = has_bias ? bias : NULL, *r = has_residual ? res : NULL;
-    if (kh == 1 && kw == 1 && stride == 1 && pad == 0) {
+    if (kh == 1 && kw == 1 && stride == 1 && pad == 0 && pad_end == 0) {
         cv->method = KC_CONV_GEMM;
         KILN_TRY(kc_gemm_init(libs, &cv->gemm, (int)pixels, O, C, C, O, has_bias, has_residual, x, w, b, r, y,
                               scratch, scratch_size));
@@ -334,8 +334,8 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
     }
 #endif
     if (best == FLT_MAX)
-        return kiln_error(KILN_EBACKEND, "conv %dx%dx%dx%d -> %d (%dx%d, stride %d, pad %d): no method runs", N, C, H,
-                          W, O, kh, kw, stride, pad);
+        return kiln_error(KILN_EBACKEND, "conv %dx%dx%dx%d -> %d (%dx%d, stride %d, pad %d+%d): no method runs", N, C,
+                          H, W, O, kh, kw, stride, pad, pad_end);
     cv->best_ms = best;
     return 0;
 }

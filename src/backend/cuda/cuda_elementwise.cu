@@ -267,12 +267,15 @@ __global__ void kc_timestep_kernel(const void *t, int t_kind, kc_half *y, int N,
         float tv = t_kind == 1 ? ((const float *)t)[n]
                    : t_kind == 2 ? (float)((const int32_t *)t)[n]
                                  : __half2float(((const kc_half *)t)[n]);
+        // float32 steps as torch rounds them (exponent, frequency, argument); double-precision
+        // exp/cos because --use_fast_math would turn expf/cosf into inaccurate intrinsics.
         float v = 0.0f;
         if (k < 2 * half) {
             int kk = k < half ? k : k - half;
-            float f = expf(-logf(max_period) * (float)kk / (float)half);
-            double arg = (double)tv * (double)f;  // large t * f: keep the argument exact before reduction
-            v = k < half ? (float)cos(arg) : (float)sin(arg);
+            float expo = __fdiv_rn(__fmul_rn((float)-log((double)max_period), (float)kk), (float)half);
+            float f = (float)exp((double)expo);
+            float arg = __fmul_rn(tv, f);
+            v = k < half ? (float)cos((double)arg) : (float)sin((double)arg);
         }
         y[i] = __float2half(v);
     }

@@ -77,7 +77,7 @@ int kc_gemm_batched(kc_libs *libs, int m, int n, int k, float alpha, const kc_ha
 
 // ---- convolution (cuda_conv.cu): NHWC fp16, weight [O,kh,kw,C]
 typedef struct kc_conv {
-    int N, C, H, W, O, kh, kw, stride, pad, Ho, Wo;
+    int N, C, H, W, O, kh, kw, stride, pad, pad_end, Ho, Wo;  // pad before, pad + pad_end after
     int has_bias, has_residual;
     int method;             // KC_CONV_GEMM (1x1 stride 1), KC_CONV_IM2COL, KC_CONV_CUDNN
     kc_gemm gemm;           // GEMM and IM2COL methods
@@ -88,9 +88,9 @@ typedef struct kc_conv {
 enum { KC_CONV_GEMM = 1, KC_CONV_IM2COL = 2, KC_CONV_CUDNN = 3 };
 
 // Scratch the conv may need before tuning (im2col buffer + GEMM workspace), for sizing the arena.
-size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad);
+size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad, int pad_end);
 int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad,
-                 int has_bias, int has_residual, const kc_half *x, const kc_half *w, const kc_half *bias,
+                 int pad_end, int has_bias, int has_residual, const kc_half *x, const kc_half *w, const kc_half *bias,
                  const kc_half *res, kc_half *y, void *scratch, size_t scratch_size);
 int kc_conv_run(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
                 const kc_half *res, kc_half *y, void *scratch);

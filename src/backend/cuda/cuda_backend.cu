@@ -21,10 +21,14 @@
 #endif
 
 // ---- backend and its weight cache
+// Device copies of weights are shared by the compiled plans of one backend and counted: an entry
+// lives while some compiled plan uses it. (A store's tensors may be freed once no compiled plan
+// needs them, and a new store may reuse their addresses, so nothing outlives its last user.)
 typedef struct kc_cached_weight {
     const kiln_weight *w;
     int f32;                // 1: fp32 as stored; 0: fp16, 4-D permuted to NHWC
     uint64_t version;
+    int refs;               // compiled plans using it
     void *dev;
 } kc_cached_weight;
 
@@ -67,26 +71,16 @@ struct kiln_compiled {
     void *scratch;
     cudaGraph_t graph;
     cudaGraphExec_t exec;
+    struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
+    int n_wrefs, cap_wrefs;
 };
 
 static size_t kc_align(size_t n) { return (n + 255) & ~(size_t)255; }
 
 static int kc_nhwc(const kiln_slot *s) { return s->ndim == 4; }
 
-// ---- weights
-static int kc_weight_get(kc_backend *be, const kiln_weight *w, int f32, void **out) {
-    for (int i = 0; i < be->n_cache; i++) {
-        kc_cached_weight *cw = &be->cache[i];
-        if (cw->w == w && cw->f32 == f32) {
-            if (cw->version == w->version) {
-                *out = cw->dev;
-                return 0;
-            }
-            cudaFree(cw->dev);  // the values changed (LoRA merge): upload again
-            *cw = be->cache[--be->n_cache];
-            break;
-        }
-    }
+// Converts and copies one weight to new device memory: fp32 as is, or fp16 (4-D as NHWC).
+static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void **out) {
     int64_t n = kiln_weight_numel(w);
     float *host = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
     if (!host) return kiln_error(KILN_ENOMEM, "out of memory converting weight %s", w->name);
@@ -112,22 +106,83 @@ static int kc_weight_get(kc_backend *be, const kiln_weight *w, int f32, void **o
                                     cudaMemcpyHostToDevice, be->libs.stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(be->libs.stream);
     free(host);
-    if (e != cudaSuccess) return kiln_error(KILN_EBACKEND, "uploading weight %s: %s", w->name, cudaGetErrorString(e));
+    if (e != cudaSuccess) {
+        cudaFree(dev);
+        return kiln_error(KILN_EBACKEND, "uploading weight %s: %s", w->name, cudaGetErrorString(e));
+    }
     if (!f32) {
         int nhwc = w->ndim == 4;
-        KILN_TRY(kc_f32_to_half(be->libs.stream, be->staging, (kc_half *)dev, nhwc, nhwc ? (int)w->shape[0] : 1,
-                                nhwc ? (int)w->shape[1] : 1, nhwc ? (int)w->shape[2] : 1, nhwc ? (int)w->shape[3] : 1,
-                                (size_t)n));
-        KC_CUDA(cudaStreamSynchronize(be->libs.stream));
+        int rc = kc_f32_to_half(be->libs.stream, be->staging, (kc_half *)dev, nhwc, nhwc ? (int)w->shape[0] : 1,
+                                nhwc ? (int)w->shape[1] : 1, nhwc ? (int)w->shape[2] : 1,
+                                nhwc ? (int)w->shape[3] : 1, (size_t)n);
+        if (rc == 0 && cudaStreamSynchronize(be->libs.stream) != cudaSuccess)
+            rc = kiln_error(KILN_EBACKEND, "converting weight %s", w->name);
+        if (rc) {
+            cudaFree(dev);
+            return rc;
+        }
     }
-    if (be->n_cache == be->cap_cache) {
-        int cap = be->cap_cache ? 2 * be->cap_cache : 256;
-        kc_cached_weight *grown = (kc_cached_weight *)realloc(be->cache, (size_t)cap * sizeof *grown);
-        if (!grown) return kiln_error(KILN_ENOMEM, "out of memory");
-        be->cache = grown, be->cap_cache = cap;
-    }
-    be->cache[be->n_cache++] = (kc_cached_weight){w, f32, w->version, dev};
     *out = dev;
+    return 0;
+}
+
+// ---- weights
+static int kc_cache_find(kc_backend *be, const kiln_weight *w, int f32) {
+    for (int i = 0; i < be->n_cache; i++)
+        if (be->cache[i].w == w && be->cache[i].f32 == f32) return i;
+    return -1;
+}
+
+static void kc_cache_release(kc_backend *be, const kiln_weight *w, int f32) {
+    int i = kc_cache_find(be, w, f32);
+    if (i < 0 || --be->cache[i].refs > 0) return;
+    cudaFree(be->cache[i].dev);
+    be->cache[i] = be->cache[--be->n_cache];
+}
+
+// Uploads (or finds) w for compiled plan c; c holds one count on the entry until it is freed.
+static int kc_weight_get(kiln_compiled *c, const kiln_weight *w, int f32, void **out) {
+    kc_backend *be = c->be;
+    int held = 0;
+    for (int i = 0; i < c->n_wrefs && !held; i++) held = c->wrefs[i].w == w && c->wrefs[i].f32 == f32;
+    int at = kc_cache_find(be, w, f32);
+    if (at >= 0 && be->cache[at].version == w->version) {
+        if (!held) be->cache[at].refs++;
+    } else {
+        int refs = at >= 0 ? be->cache[at].refs : 0;
+        if (at >= 0) {  // the values changed (LoRA merge): upload again, users keep their counts
+            cudaFree(be->cache[at].dev);
+            be->cache[at] = be->cache[--be->n_cache];
+        }
+        void *dev = NULL;
+        KILN_TRY(kc_upload_weight(be, w, f32, &dev));
+        if (be->n_cache == be->cap_cache) {
+            int cap = be->cap_cache ? 2 * be->cap_cache : 256;
+            kc_cached_weight *grown = (kc_cached_weight *)realloc(be->cache, (size_t)cap * sizeof *grown);
+            if (!grown) {
+                cudaFree(dev);
+                return kiln_error(KILN_ENOMEM, "out of memory");
+            }
+            be->cache = grown, be->cap_cache = cap;
+        }
+        be->cache[be->n_cache++] = (kc_cached_weight){w, f32, w->version, refs + (held ? 0 : 1), dev};
+        at = be->n_cache - 1;
+    }
+    if (!held) {
+        if (c->n_wrefs == c->cap_wrefs) {
+            int cap = c->cap_wrefs ? 2 * c->cap_wrefs : 64;
+            void *grown = realloc(c->wrefs, (size_t)cap * sizeof *c->wrefs);
+            if (!grown) {
+                kc_cache_release(be, w, f32);
+                return kiln_error(KILN_ENOMEM, "out of memory");
+            }
+            c->wrefs = (decltype(c->wrefs))grown, c->cap_wrefs = cap;
+        }
+        c->wrefs[c->n_wrefs].w = w;
+        c->wrefs[c->n_wrefs].f32 = f32;
+        c->n_wrefs++;
+    }
+    *out = be->cache[at].dev;
     return 0;
 }
 
@@ -136,7 +191,7 @@ static int kc_half_ptr(kiln_compiled *c, int id, const kc_half **out) {
     const kiln_slot *s = &c->plan->slots[id];
     if (s->kind == KILN_SLOT_WEIGHT) {
         void *p;
-        KILN_TRY(kc_weight_get(c->be, s->weight, 0, &p));
+        KILN_TRY(kc_weight_get(c, s->weight, 0, &p));
         *out = (const kc_half *)p;
         return 0;
     }
@@ -150,7 +205,7 @@ static int kc_f32_ptr(kiln_compiled *c, int id, const float **out) {
     if (s->kind != KILN_SLOT_WEIGHT)
         return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: norm parameter %s must be a weight", s->name);
     void *p;
-    KILN_TRY(kc_weight_get(c->be, s->weight, 1, &p));
+    KILN_TRY(kc_weight_get(c, s->weight, 1, &p));
     *out = (const float *)p;
     return 0;
 }
@@ -404,6 +459,8 @@ static void kc_free_compiled(kiln_compiled *c) {
         if (c->steps[i].has_conv) kc_conv_destroy(&c->steps[i].conv);
     }
     cudaFree(c->arena);
+    for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
+    free(c->wrefs);
     free(c->si);
     free(c->steps);
     free(c->in_ids);

@@ -146,6 +146,11 @@ static int add_weight(kiln_plan *p, const char *name, int ndim, const int64_t *s
         return plan_fail(p, KILN_EINVAL, "weight name '%s' is too long (max %zu characters)", name,
                          sizeof p->slots[0].name - 1);
     const kiln_weight *t = p->weights ? kiln_weights_find(p->weights, name) : NULL;
+    if (!t && p->collect && !optional) {
+        if (kiln_weights_add_view(p->collect, name, KILN_F16, ndim, shape, NULL, "(collected)") < 0)
+            return plan_fail(p, KILN_ENOMEM, "collecting weight %s", name);
+        t = kiln_weights_find(p->collect, name);
+    }
     if (!t) {
         if (optional) return -1;
         /* any tensor of the store tells which file we were reading */

@@ -173,9 +173,10 @@ static int add_weight(kiln_plan *p, const char *name, int ndim, const int64_t *s
     if (t->dtype != KILN_F32 && t->dtype != KILN_F16 && t->dtype != KILN_BF16)
         return plan_fail(p, KILN_EUNSUPPORTED, "tensor %s has dtype %s; weights must be F32, F16 or BF16", name,
                          kiln_dtype_name(t->dtype));
-    /* one slot per tensor, however often a builder asks for it */
+    /* one slot per tensor, however often a builder asks for it (matched by name: in collect
+     * mode the store grows while we build, so its tensors move) */
     for (int i = 0; i < p->n_slots; i++)
-        if (p->slots[i].kind == KILN_SLOT_WEIGHT && p->slots[i].weight == t) return i;
+        if (p->slots[i].kind == KILN_SLOT_WEIGHT && !strcmp(p->slots[i].name, name)) return i;
     int id = add_slot(p, KILN_SLOT_WEIGHT, KILN_SLOT_F32, ndim, shape);
     if (id < 0) return -1;
     snprintf(p->slots[id].name, sizeof p->slots[id].name, "%s", name);

@@ -8,10 +8,22 @@ void kiln_cpu_activation(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *x = e->ptr[op->in[0]];
     float *y = e->ptr[op->out];
     int64_t n = kiln_slot_numel(&e->plan->slots[op->out]);
-    kiln_activation act = op->act;
     int team = kiln_cpu_team(e->n_threads, 4 * n);
+    /* one loop per activation, so that each is a straight loop the compiler vectorises */
+    switch (op->act) {
+    case KILN_ACT_SILU:
+#pragma omp parallel for simd num_threads(team) if (team > 1) schedule(static)
+        for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], KILN_ACT_SILU);
+        break;
+    case KILN_ACT_QUICK_GELU:
+#pragma omp parallel for simd num_threads(team) if (team > 1) schedule(static)
+        for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], KILN_ACT_QUICK_GELU);
+        break;
+    default:
 #pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
-    for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], act);
+        for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], op->act);
+        break;
+    }
 }
 
 void kiln_cpu_geglu(const kiln_cpu_exec *e, const kiln_op *op) {

@@ -21,6 +21,13 @@
 
 #include "plan/plan.h"
 
+/* Floating-point traps are never enabled in kiln, and assuming they may be stops GCC from
+ * turning the clamps in kiln_cpu_expf into vector selects: every loop calling it would stay
+ * scalar. (Clang if-converts them without this.) */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 typedef struct kiln_cpu_exec {
     const kiln_plan *plan;
     float **ptr;          /* per slot id: its data during this run */

@@ -149,8 +149,7 @@ int kiln_sampler_timesteps(int steps, int discard_penultimate, int *out, int cap
 
 /* Denoiser calls a sampler makes for `steps` steps over a schedule ending in 0 (as A1111 counts
  * them: Heun 5 steps = 9, DDIM 10 = 9 with timesteps 1..901); -1 where it is not fixed
- * (DPM adaptive, Restart with >= 20 steps restarts). For timestep samplers `steps` is the
- * number of timesteps. */
+ * (DPM adaptive). For timestep samplers `steps` is the number of timesteps. */
 int kiln_sampler_calls_for_steps(const kiln_sampler_info *s, int steps);
 
 /* ---- LCM (A1111 sd_samplers_lcm.LCMCompVisDenoiser) ----

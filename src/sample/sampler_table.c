@@ -119,19 +119,21 @@ int kiln_sampler_lookup(const char *name, const kiln_sampler_info **out, char *s
     const char *found_scheduler = "";
     const kiln_sampler_info *s = find_exact(name, len);
     if (!s) {
-        /* A1111 get_sampler_and_scheduler: strip a scheduler label, name or alias from the end. */
-        size_t n = len;
+        /* A1111 get_sampler_and_scheduler: strip a scheduler label, name or alias from the end.
+           A1111 takes the first scheduler in its list that matches, which turns "Euler SGM Uniform"
+           into sampler "Euler SGM" + Uniform (and then its default sampler); the longest match
+           gives what the user meant. */
+        size_t best = 0;
         for (size_t k = 0; k < sizeof schedulers / sizeof schedulers[0]; k++) {
             const char *opts[3] = {schedulers[k].label, schedulers[k].name, schedulers[k].alias};
             for (int o = 0; o < 3; o++) {
-                if (opts[o] && ends_with_word(name, n, opts[o])) {
+                if (opts[o] && strlen(opts[o]) > best && ends_with_word(name, len, opts[o])) {
                     found_scheduler = schedulers[k].name;
-                    n -= strlen(opts[o]) + 1;
-                    break;
+                    best = strlen(opts[o]);
                 }
             }
         }
-        s = find_exact(name, n);
+        if (best) s = find_exact(name, len - best - 1);
     }
     if (!s) {
         char names[1024];
@@ -178,7 +180,9 @@ int kiln_sampler_calls_for_steps(const kiln_sampler_info *s, int steps) {
     case KILN_SAMPLER_DPM_ADAPTIVE:
         return -1;
     case KILN_SAMPLER_RESTART:
-        return steps >= 20 ? -1 : 2 * steps - 1;
+        /* from 20 steps on, restart segments replace main-schedule steps one for one: still
+           `steps` Heun steps, the last an Euler step onto 0 */
+        return 2 * steps - 1;
     case KILN_SAMPLER_DDIM:
         return steps - 1;
     case KILN_SAMPLER_PLMS:

@@ -257,8 +257,9 @@ int kiln_sample_timesteps(const kiln_sampler_info *s, kiln_sampler_io *io, const
     if (!s || !io || !x) return kiln_error(KILN_EINVAL, "kiln_sample_timesteps: NULL sampler, io or x");
     if (!s->timestep_sampler)
         return kiln_error(KILN_EINVAL, "sampler %s takes sigmas: use kiln_sample", s->name);
-    if (!timesteps || n_timesteps < 2)
-        return kiln_error(KILN_EINVAL, "sampler %s: needs at least 2 timesteps, got %d", s->name, n_timesteps);
+    /* one timestep is zero DDIM/PLMS steps (A1111 img2img with t_enc = 1 returns its input) */
+    if (!timesteps || n_timesteps < 1)
+        return kiln_error(KILN_EINVAL, "sampler %s: needs at least 1 timestep, got %d", s->name, n_timesteps);
     if (!io->eps_at) return kiln_error(KILN_EINVAL, "sampler %s: io.eps_at is NULL", s->name);
     if (!io->alphas_cumprod) return kiln_error(KILN_EINVAL, "sampler %s: io.alphas_cumprod is NULL", s->name);
     if (io->n == 0) return kiln_error(KILN_EINVAL, "sampler %s: io.n is 0", s->name);

@@ -584,7 +584,7 @@ TEST(restart_is_heun_below_20) {
 
 /* UniPC (bh1, order 3, time_uniform) on the closed-form model, element with z = 1: the final
  * x / sqrt(alphas_cumprod[0]) from a double-precision re-implementation of A1111's uni_pc.py
- * (written separately, in Python, from the same algorithm) is 0.7324157292 after 10 steps and
+ * (tests/reference/unipc_ref.py, written separately from the same algorithm) is 0.7324157292 after 10 steps and
  * 0.7714120980 after 20; the exact ODE gives 0.8008500225. */
 TEST(unipc_reference_values) {
     const float *ac = alphas_cumprod();
@@ -609,6 +609,76 @@ TEST(unipc_reference_values) {
         CHECK_NEAR(got, want[k], 2e-5);
         CHECK(io.n_calls == steps);
         free(x);
+    }
+}
+
+/* Reference values: every k-diffusion-style sampler on the closed-form model (Karras sigmas, x_init
+ * = mu + sqrt(s^2 + sigma0^2), all elements equal) with deterministic "noise": the k-th randn draw
+ * is sin(k) and the k-th Brownian value cos(k) (k = 1, 2, ...). The expected finals come from a
+ * separate double-precision scalar re-implementation (tests/reference/samplers_ref.py) of k-diffusion ab527a9 and A1111's
+ * Restart/LCM; they pin the exact update formulas, the draw order and the call counts. */
+typedef struct det_noise {
+    int k, b;
+} det_noise;
+
+static int det_denoise(void *user, const float *x, double sigma, float *out) {
+    double s2 = cf_s * cf_s, g2 = sigma * sigma;
+    for (int i = 0; i < 8; i++) out[i] = (float)((s2 * x[i] + g2 * cf_mu) / (s2 + g2));
+    return 0;
+}
+static int det_randn(void *user, float *out) {
+    det_noise *d = user;
+    d->k++;
+    for (int i = 0; i < 8; i++) out[i] = (float)sin(d->k);
+    return 0;
+}
+static int det_brownian(void *user, double s, double sn, float *out) {
+    det_noise *d = user;
+    d->b++;
+    for (int i = 0; i < 8; i++) out[i] = (float)cos(d->b);
+    return 0;
+}
+
+TEST(reference_values) {
+    static const struct {
+        const char *name;
+        int steps;
+        double want;
+        int calls;
+    } ref[] = {
+        {"DPM2", 10, 0.8189703160, 19},
+        {"DPM2 a", 10, 0.0819410997, 19},
+        {"LMS", 10, 0.7698557923, 10},
+        {"DPM++ 2S a", 10, 0.1766817342, 19},
+        {"DPM++ SDE", 10, 0.3505892709, 19},
+        {"DPM++ 2M SDE", 10, 0.7370757002, 10},
+        {"DPM++ 2M SDE Heun", 10, 0.8375953236, 10},
+        {"DPM++ 3M SDE", 10, 0.9685807082, 10},
+        {"Restart", 24, 0.8443569844, 47},
+        {"Restart", 40, 0.8791335299, 79},
+        {"LCM", 6, 0.2174406914, 6},
+        {"Euler a", 10, 0.2457380276, 10},
+        {"DPM fast", 10, 1.0290383705, 10},
+        {"DPM adaptive", 10, 0.0828766155, 36},
+    };
+    for (size_t r = 0; r < sizeof ref / sizeof ref[0]; r++) {
+        const kiln_sampler_info *s = NULL;
+        CHECK(kiln_sampler_lookup(ref[r].name, &s, NULL, 0) == 0);
+        if (!s) continue;
+        double sg[64];
+        int n_sg = karras(ref[r].steps, sg);
+        float x[8];
+        for (int i = 0; i < 8; i++) x[i] = (float)(cf_mu + sqrt(cf_s * cf_s + sg[0] * sg[0]));
+        det_noise dn = {0, 0};
+        kiln_sampler_io io;
+        kiln_sampler_io_defaults(s, &io);
+        io.n = 8, io.denoise = det_denoise, io.randn = det_randn, io.brownian = det_brownian, io.user = &dn;
+        int rc = kiln_sample(s, &io, sg, n_sg, x);
+        printf("  %-18s %2d steps: %.7f (reference %.7f), %d calls (%d)\n", s->name, ref[r].steps, (double)x[0],
+               ref[r].want, io.n_calls, ref[r].calls);
+        CHECK_MSG(rc == 0 && fabs(x[0] - ref[r].want) < 2e-5 && x[7] == x[0], "%s: %.7f, reference %.7f",
+                  s->name, (double)x[0], ref[r].want);
+        CHECK_MSG(io.n_calls == ref[r].calls, "%s: %d calls, reference %d", s->name, io.n_calls, ref[r].calls);
     }
 }
 
@@ -758,6 +828,7 @@ int main(void) {
     RUN(closed_form_deterministic);
     RUN(restart_is_heun_below_20);
     RUN(unipc_reference_values);
+    RUN(reference_values);
     RUN(closed_form_stochastic);
     RUN(closed_form_lcm);
     RUN(errors_and_cancel);

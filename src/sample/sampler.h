@@ -52,7 +52,10 @@ typedef struct kiln_sampler_info {
     const char *aliases[3];        /* A1111 aliases ("k_dpmpp_2m"), NULL-terminated */
     const char *default_scheduler; /* what A1111's "Automatic" resolves to: "karras", "exponential",
                                       or "uniform" (k-diffusion's model.get_sigmas); NULL for the
-                                      timestep samplers, which take timesteps, not sigmas */
+                                      timestep samplers, which take timesteps, not sigmas. For LCM,
+                                      "uniform" means the LCM denoiser's own get_sigmas
+                                      (kiln_lcm_sigmas), and karras & co. take sigma_min/max from its
+                                      50 valid timesteps (sigma(19), sigma(999)) */
     int discard_penultimate_sigma; /* A1111 'discard_next_to_last_sigma' default */
     int second_order;              /* A1111 "second_order": two denoiser calls per step */
     int uses_rng;                  /* draws from the image generator (io.randn), even if it ignores it */

@@ -615,8 +615,8 @@ TEST(unipc_reference_values) {
 /* Reference values: every k-diffusion-style sampler on the closed-form model (Karras sigmas, x_init
  * = mu + sqrt(s^2 + sigma0^2), all elements equal) with deterministic "noise": the k-th randn draw
  * is sin(k) and the k-th Brownian value cos(k) (k = 1, 2, ...). The expected finals come from a
- * separate double-precision scalar re-implementation (tests/reference/samplers_ref.py) of k-diffusion ab527a9 and A1111's
- * Restart/LCM; they pin the exact update formulas, the draw order and the call counts. */
+ * separate double-precision scalar re-implementation (tests/reference/samplers_ref.py) of
+ * k-diffusion ab527a9 and A1111's Restart/LCM; they pin the exact update formulas, the draw order and the call counts. */
 typedef struct det_noise {
     int k, b;
 } det_noise;

@@ -232,7 +232,8 @@ static int unipc_update(unipc *u, const float *x, float *const *prev, const doub
             double a[UNIPC_MAX_ORDER * UNIPC_MAX_ORDER], r[UNIPC_MAX_ORDER];
             memcpy(a, R, sizeof(double) * (size_t)(order * order));
             memcpy(r, bv, sizeof(double) * (size_t)order);
-            if (solve_small(order, a, r, rhos_c) < 0) return kiln_error(KILN_EINVAL, "UniPC: singular corrector system");
+            if (solve_small(order, a, r, rhos_c) < 0)
+                return kiln_error(KILN_EINVAL, "UniPC: singular corrector system");
         }
     }
     float c_x = (float)(sigma_t / sigma_prev_0), c_m = (float)(alpha_t * h_phi_1), c_b = (float)(alpha_t * B_h);
@@ -308,7 +309,8 @@ int ks_sample_unipc(kiln_sampler_io *io, const int *ts, int n_ts, float *x) {
     n_prev = 1;
     for (int step = 1; step <= steps; step++) {
         int step_order = step < order ? step : order;
-        if (step >= order && io->unipc_lower_order_final && steps + 1 - step < step_order) step_order = steps + 1 - step;
+        if (step >= order && io->unipc_lower_order_final && steps + 1 - step < step_order)
+            step_order = steps + 1 - step;
         int use_corrector = step != steps;
         if ((rc = unipc_update(&u, x, prev, tprev, times[step], step_order, use_corrector, d1s, x_t_, x_new,
                                model_t)) < 0)

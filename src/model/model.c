@@ -146,3 +146,7 @@ size_t kiln_model_describe(const kiln_model *m, char *buf, size_t size) {
     }
     return pos;
 }
+
+int kiln_model_tokenizer(const kiln_model *m, kiln_tokenizer **out) {
+    return kiln_tokenizer_load(m->vocab_dir, out);
+}

@@ -35,7 +35,7 @@ typedef struct kiln_vae_config {
     int channel_mult[KILN_MAX_LEVELS];
     int num_res_blocks;                /* per level in the encoder; the decoder has one more */
     int groups;                        /* GroupNorm groups (32) */
-    float scaling_factor;              /* 0.18215 (SDXL: 0.13025) */
+    double scaling_factor;             /* 0.18215 (SDXL: 0.13025); double, as Python computes 1/scale */
 } kiln_vae_config;
 
 typedef enum kiln_clip_act { KILN_CLIP_QUICK_GELU, KILN_CLIP_GELU } kiln_clip_act;

@@ -378,6 +378,50 @@ TEST(schedule_init_and_prediction) {
     free(l);
 }
 
+TEST(other_fixture_schedules) {
+    /* tiny-sd21 and tiny-sdxl use the same SD 1 table (README: "checked equal"). */
+    static const char *dirs[] = {"tiny-sd21", "tiny-sdxl"};
+    static const int ns[] = {5, 6, 8, 10};
+    for (int d = 0; d < 2; d++) {
+        char file[96], name[64];
+        snprintf(file, sizeof file, "%s/schedule.safetensors", dirs[d]);
+        int64_t n = 0;
+        float *sig = read_tensor(file, "sigmas", &n);
+        if (sig) check_list(file, model.sigmas, 1000, sig, (int)n);
+        free(sig);
+        for (int k = 0; k < 4; k++) {
+            snprintf(name, sizeof name, "get_sigmas_uniform_%d", ns[k]);
+            check_fixture_list(KILN_SCHED_AUTOMATIC, ns[k], file, name);
+            snprintf(name, sizeof name, "get_sigmas_karras_%d", ns[k]);
+            check_fixture_list(KILN_SCHED_KARRAS, ns[k], file, name);
+        }
+    }
+}
+
+TEST(v_prediction_scalings) {
+    /* tiny-sd21 schedule.safetensors: DiscreteVDDPMDenoiser.get_scalings and sigma_to_t. */
+    const char *file = "tiny-sd21/schedule.safetensors";
+    int64_t n = 0, m = 0;
+    float *ps = read_tensor(file, "v_scalings_probe_sigma", &n);
+    float *skip = read_tensor(file, "v_scalings_c_skip", &m);
+    float *out = read_tensor(file, "v_scalings_c_out", &m);
+    float *in = read_tensor(file, "v_scalings_c_in", &m);
+    float *t = read_tensor(file, "v_scalings_t", &m);
+    kiln_schedule v;
+    kiln_schedule_init_sd(&v, KILN_PREDICT_V);
+    for (int i = 0; ps && skip && out && in && t && i < n; i++) {
+        float cs, co, ci;
+        kiln_schedule_scalings(&v, ps[i], &cs, &co, &ci);
+        CHECK_MSG(close_enough(cs, skip[i]) && close_enough(co, out[i]) && close_enough(ci, in[i]),
+                  "v scalings at sigma %.9g: %.9g %.9g %.9g", ps[i], cs, co, ci);
+        CHECK_MSG(close_enough(kiln_sigma_to_t(&v, ps[i]), t[i]), "sigma_to_t(%.9g)", ps[i]);
+    }
+    free(ps), free(skip), free(out), free(in), free(t);
+    float cs, co, ci;
+    kiln_schedule_scalings(&model, 2.0f, &cs, &co, &ci); /* eps: x - sigma * eps */
+    CHECK(cs == 1.0f && co == -2.0f && ci == 1.0f / sqrtf(5.0f));
+}
+
 int main(void) {
     kiln_schedule_init_sd(&model, KILN_PREDICT_EPS);
     RUN(alphas_cumprod_and_sigmas);
@@ -391,5 +435,7 @@ int main(void) {
     RUN(scheduler_names);
     RUN(beta_ppf_matches_scipy);
     RUN(schedule_init_and_prediction);
+    RUN(other_fixture_schedules);
+    RUN(v_prediction_scalings);
     return test_summary();
 }

@@ -69,3 +69,16 @@ float kiln_t_to_sigma(const kiln_schedule *s, float t) {
     float log_sigma = (1.0f - w) * s->log_sigmas[low] + w * s->log_sigmas[high];
     return expf(log_sigma);
 }
+
+void kiln_schedule_scalings(const kiln_schedule *s, float sigma, float *c_skip, float *c_out, float *c_in) {
+    float d = sigma * sigma + 1.0f;
+    float root = sqrtf(d);
+    *c_in = 1.0f / root;
+    if (s->prediction == KILN_PREDICT_V) {
+        *c_skip = 1.0f / d;
+        *c_out = -sigma / root;
+    } else {
+        *c_skip = 1.0f;
+        *c_out = -sigma;
+    }
+}

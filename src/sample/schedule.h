@@ -37,4 +37,12 @@ float kiln_sigma_to_t(const kiln_schedule *s, float sigma);
  * t is clamped to [0, T-1]. */
 float kiln_t_to_sigma(const kiln_schedule *s, float t);
 
+/* k-diffusion's denoiser scalings at sigma (sigma_data = 1), float32:
+ *  eps (CompVisDenoiser):        c_skip = 1,               c_out = -sigma,
+ *  v (DiscreteVDDPMDenoiser):    c_skip = 1 / (sigma^2 + 1), c_out = -sigma / sqrt(sigma^2 + 1),
+ *  both:                         c_in = 1 / sqrt(sigma^2 + 1).
+ * The denoiser is out = UNet(x * c_in, sigma_to_t(sigma)); eps: denoised = x + out * c_out;
+ * v: denoised = out * c_out + x * c_skip (k-diffusion's operand order). */
+void kiln_schedule_scalings(const kiln_schedule *s, float sigma, float *c_skip, float *c_out, float *c_in);
+
 #endif

@@ -9,6 +9,12 @@
 
 #include "core/error.h"
 
+/* The reference rounds every product and sum separately: no fused multiply-adds. GCC does
+ * not fuse in ISO C mode (-std=c11, as the build sets); clang needs the pragma. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 /* ---- numpy.random.SeedSequence (bit_generator.pyx) ---------------------------- */
 
 #define SS_INIT_A 0x43b0d7e5u

@@ -23,6 +23,12 @@
 #include <math.h>
 #include <string.h>
 
+/* The reference rounds every product and sum separately: no fused multiply-adds. GCC does
+ * not fuse in ISO C mode (-std=c11, as the build sets); clang needs the pragma. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 /* ---- mt19937 ------------------------------------------------------------- */
 
 #define MT_M 397

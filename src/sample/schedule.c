@@ -7,6 +7,12 @@
 
 #include "core/error.h"
 
+/* The reference rounds every product and sum separately: no fused multiply-adds. GCC does
+ * not fuse in ISO C mode (-std=c11, as the build sets); clang needs the pragma. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 int kiln_schedule_init(kiln_schedule *s, double linear_start, double linear_end, int n_timesteps,
                        kiln_prediction prediction) {
     if (n_timesteps < 2 || n_timesteps > KILN_SCHEDULE_MAX_T)

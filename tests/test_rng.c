@@ -51,6 +51,15 @@ TEST(philox_draws_bit_exact) {
         want = fixture(name, 256);
         if (want) CHECK_MSG(count_bit_diffs(got, want, 256) == 0, "%s", name);
 
+        /* Element i depends only on (offset, i): a large (threaded) draw starts with the
+         * same 256 values. */
+        static float big[20000];
+        kiln_philox_init(&g, seed);
+        kiln_philox_randn(&g, big, 20000);
+        snprintf(name, sizeof name, "seed%llu_draw0", (unsigned long long)seed);
+        want = fixture(name, 256);
+        if (want) CHECK_MSG(count_bit_diffs(big, want, 256) == 0, "%s (in a draw of 20000)", name);
+
         /* A fresh generator's (2,3) draw is the first 6 values of draw 0. */
         kiln_philox_init(&g, seed);
         kiln_philox_randn(&g, got, 6);

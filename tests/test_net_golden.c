@@ -60,7 +60,7 @@ TEST(text_encoder) {
     for (int skip = 1; skip <= 2; skip++) {
         kiln_plan *p = kiln_plan_new(model->weights);
         CHECK(kiln_build_clip(p, c, 4, 77, skip) == 0);
-        size_t n;
+        size_t n = 0;
         float *want = fixture_f32(f, outs[skip - 1], &n);
         float *got = calloc(n, sizeof(float));
         const char *names[2] = {"embeds", "hidden"};
@@ -91,7 +91,7 @@ TEST(unet) {
         const kiln_st_tensor *tx = kiln_st_find(f, nx), *tc = kiln_st_find(f, nc);
         CHECK(tx && tc);
         if (!tx || !tc) continue;
-        size_t n;
+        size_t n = 0;
         float *x = fixture_f32(f, nx, &n), *t = fixture_f32(f, nt, &n), *ctx = fixture_f32(f, nc, &n);
         float *want = fixture_f32(f, ne, &n), *got = calloc(n, sizeof(float));
         kiln_plan *p = kiln_plan_new(model->weights);
@@ -119,7 +119,7 @@ TEST(vae) {
         snprintf(nl, sizeof nl, "%s_latent", cases[i]);
         snprintf(ni, sizeof ni, "%s_image", cases[i]);
         const kiln_st_tensor *tl = kiln_st_find(f, nl);
-        size_t n;
+        size_t n = 0;
         float *lat = fixture_f32(f, nl, &n), *want = fixture_f32(f, ni, &n), *got = calloc(n, sizeof(float));
         kiln_plan *p = kiln_plan_new(model->weights);
         CHECK(kiln_build_vae_decoder(p, &model->config.vae, 1, (int)tl->shape[2], (int)tl->shape[3]) == 0);
@@ -141,7 +141,7 @@ TEST(vae) {
         for (int c = 0; c < 3; c++)
             for (int y = 0; y < 64; y++)
                 for (int x = 0; x < 64; x++) img[(c * 64 + y) * 64 + x] = (float)u8[(y * 64 + x) * 3 + c] / 255.0f * 2 - 1;
-        size_t n;
+        size_t n = 0;
         float *mean = fixture_f32(f, "encode_64x64_mean", &n), *logvar = fixture_f32(f, "encode_64x64_logvar", &n);
         float *gm = calloc(n, sizeof(float)), *gl = calloc(n, sizeof(float));
         kiln_plan *p = kiln_plan_new(model->weights);
@@ -168,11 +168,28 @@ int main(void) {
         fprintf(stderr, "setup failed: %s\n", kiln_last_error());
         return 1;
     }
+    printf("A1111 single file:\n");
     RUN(text_encoder);
     RUN(unet);
     RUN(vae);
-    kiln_backend_destroy(cpu);
     kiln_model_free(model);
+
+    /* The same weights in the diffusers layout must give the same numbers. */
+    char dir[1024], cmd[4096];
+    snprintf(dir, sizeof dir, "%s/golden-diffusers", KILN_BUILD_DIR);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && python3 %s/diffusers/materialize_diffusers_weights.py --out %s >/dev/null",
+             dir, test_fixture("tiny-sd15"), dir);
+    model = NULL;
+    if (system(cmd) != 0 || kiln_model_load(dir, NULL, &model)) {
+        fprintf(stderr, "diffusers layout: %s\n", kiln_last_error());
+        return 1;
+    }
+    printf("diffusers folder:\n");
+    RUN(text_encoder);
+    RUN(unet);
+    RUN(vae);
+    kiln_model_free(model);
+    kiln_backend_destroy(cpu);
     json_decref(manifest);
     return test_summary();
 }

@@ -133,6 +133,10 @@ static int infer_clip(struct kiln_model *m, const char *prefix, kiln_clip_config
 
 int kiln_infer_config(struct kiln_model *m) {
     kiln_model_config *c = &m->config;
+    /* Loaders may already know what the tensors cannot tell (a diffusers scheduler_config.json's
+     * prediction type, a vae/config.json scaling factor): keep those across the reset. */
+    kiln_prediction prediction = c->prediction;
+    double scaling = c->vae.scaling_factor;
     memset(c, 0, sizeof *c);
     KILN_TRY(infer_unet(m, &c->unet));
     KILN_TRY(infer_vae(m, &c->vae));
@@ -142,7 +146,8 @@ int kiln_infer_config(struct kiln_model *m) {
         return kiln_error(KILN_EUNSUPPORTED, "%s: SD2.x checkpoints are not supported yet", m->path);
     }
     c->family = KILN_FAMILY_SD1;
-    c->prediction = KILN_PREDICT_EPS;
+    c->prediction = prediction;
+    if (scaling > 0) c->vae.scaling_factor = scaling;
     c->unet.num_heads = 8;
     c->n_text_encoders = 1;
     KILN_TRY(infer_clip(m, "cond_stage_model.transformer.text_model.", &c->clip[0]));

@@ -108,6 +108,15 @@ int kiln_weights_add_owned_f32(kiln_weights *w, const char *name, int ndim, cons
     return add(w, name, KILN_F32, ndim, shape, data, data, source);
 }
 
+int kiln_weights_add_owned(kiln_weights *w, const char *name, kiln_dtype dtype, int ndim, const int64_t *shape,
+                           void *data, const char *source) {
+    if (dtype != KILN_F32 && dtype != KILN_F16 && dtype != KILN_BF16) {
+        free(data);
+        return kiln_error(KILN_EUNSUPPORTED, "tensor %s: dtype %s is not a weight dtype", name, kiln_dtype_name(dtype));
+    }
+    return add(w, name, dtype, ndim, shape, data, data, source);
+}
+
 const kiln_weight *kiln_weights_find(const kiln_weights *w, const char *name) {
     int i = find_index(w, name);
     return i >= 0 ? &w->items[i] : NULL;

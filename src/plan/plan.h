@@ -41,7 +41,7 @@ typedef struct kiln_slot {
     int is_output;                   /* the caller reads it after a run */
     int producer;                    /* op index that writes it, -1 for inputs/weights */
     int last_use;                    /* last op index that reads it (memory planning) */
-    size_t arena_offset;             /* activations: byte offset in the arena (memory planner) */
+    size_t arena_offset;             /* inputs and activations: byte offset in the arena (memory planner) */
 } kiln_slot;
 
 typedef enum kiln_op_kind {
@@ -93,8 +93,12 @@ typedef struct kiln_plan {
     int n_ops, cap_ops;
     kiln_op *ops;
     const kiln_weights *weights;   /* the store weight slots come from */
+    kiln_weights *collect;         /* if set (== weights), a missing weight is added to it with the builder's shape
+                                      and no data instead of failing: how `kiln mkrandom` learns every name and
+                                      shape of an architecture from the builders themselves */
     int status;                    /* first error (0 = ok); the message is in kiln_last_error() */
     size_t arena_bytes;            /* after kiln_plan_finalize: activation arena size */
+    char label[96];                /* label given to ops added next (kiln_plan_set_label) */
 } kiln_plan;
 
 /* ---- building ---- */
@@ -143,6 +147,10 @@ int64_t kiln_slot_numel(const kiln_slot *s);
 /* Slot id of the input or output with that name, or -1. */
 int kiln_plan_find(const kiln_plan *p, const char *name);
 const char *kiln_op_name(kiln_op_kind kind);
+/* The order backends take host buffers in: input slots, then output slots, each in slot-id
+ * order. Writes up to p->n_slots ids into inputs / outputs (either may be NULL) and the
+ * counts into *n_inputs / *n_outputs (either may be NULL). */
+void kiln_plan_io_order(const kiln_plan *p, int *inputs, int *n_inputs, int *outputs, int *n_outputs);
 /* FLOPs of one op (2 per multiply-add), for benchmarks. */
 double kiln_op_flops(const kiln_plan *p, const kiln_op *op);
 

@@ -60,18 +60,28 @@ void kiln_model_free(kiln_model *model);
  * into buf (always NUL-terminated, truncated to size). Returns the full length needed. */
 size_t kiln_model_describe(const kiln_model *model, char *buf, size_t size);
 
+/* Writes a checkpoint of a known architecture ("sd15", "tiny-sd15") with random fp16 weights, in the A1111
+ * single-file layout, atomically. For benchmarks: speed does not depend on the values. */
+int kiln_write_random_checkpoint(const char *arch, const char *path, uint64_t seed);
+
 /* ---- tokenizer ---------------------------------------------------------------- */
 typedef struct kiln_tokenizer kiln_tokenizer;
 
 /* Loads the CLIP BPE vocabulary: a bpe_simple_vocab_16e6.txt(.gz) file, or a diffusers
- * tokenizer/ folder (vocab.json + merges.txt). path NULL = the default location
- * ($KILN_CLIP_VOCAB, else the installed data directory). */
+ * tokenizer/ folder (vocab.json + merges.txt; a diffusers model folder holding tokenizer/ works too).
+ * path NULL = the default location: $KILN_CLIP_VOCAB, else
+ * ${XDG_DATA_HOME:-$HOME/.local/share}/kiln/bpe_simple_vocab_16e6.txt.gz, else the installed data
+ * directory; the error message lists every place tried. */
 int kiln_tokenizer_load(const char *path, kiln_tokenizer **out);
 void kiln_tokenizer_free(kiln_tokenizer *tok);
 /* Tokenizes UTF-8 text exactly as A1111 (HF slow CLIPTokenizer with ftfy) does, without
  * BOS/EOS. Writes up to cap ids; *n_ids receives the full count (may exceed cap).
- * Fails with KILN_EINVAL on text that is not valid UTF-8. */
+ * Fails with KILN_EINVAL on text that is not valid UTF-8 (the message gives the byte offset).
+ * Thread-safe: several threads may tokenize with one tokenizer at once. */
 int kiln_tokenize(const kiln_tokenizer *tok, const char *text, int32_t *ids, size_t cap, size_t *n_ids);
+
+/* The tokenizer that belongs to a model: a diffusers folder's tokenizer/, else the default vocabulary. */
+int kiln_model_tokenizer(const kiln_model *model, kiln_tokenizer **out);
 
 #define KILN_TOKEN_BOS 49406
 #define KILN_TOKEN_EOS 49407

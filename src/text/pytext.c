@@ -151,3 +151,39 @@ int kiln_py_float(const char *s, size_t len, double *out) {
     *out = v;
     return 0;
 }
+
+int kiln_py_int(const char *s, size_t len, int *out) {
+    size_t i = 0;
+    int32_t cp;
+    int n;
+    while (i < len && (n = kiln_py_utf8_next(s + i, len - i, &cp)) > 0 && kiln_py_isspace(cp)) i += (size_t)n;
+    int neg = 0;
+    if (i < len && (s[i] == '+' || s[i] == '-')) neg = s[i++] == '-';
+    long long v = 0;
+    int digits = 0, prev_digit = 0, ok = 1;
+    while (i < len && ok) {
+        n = kiln_py_utf8_next(s + i, len - i, &cp);
+        if (n == 0) { ok = 0; break; }
+        int d = kiln_py_digit(cp);
+        if (d >= 0) {
+            v = v * 10 + d;
+            if (v > 2147483648LL) ok = 0;
+            digits++;
+            prev_digit = 1;
+        } else if (cp == '_' && prev_digit) {
+            prev_digit = 0;
+            /* must be followed by a digit */
+            int32_t nx;
+            int m = kiln_py_utf8_next(s + i + 1, len - i - 1, &nx);
+            if (m == 0 || kiln_py_digit(nx) < 0) ok = 0;
+        } else {
+            break;
+        }
+        i += (size_t)n;
+    }
+    while (ok && i < len && (n = kiln_py_utf8_next(s + i, len - i, &cp)) > 0 && kiln_py_isspace(cp)) i += (size_t)n;
+    if (!ok || digits == 0 || i != len || (!neg && v > 2147483647LL))
+        return kiln_error(KILN_EINVAL, "invalid literal for int() with base 10: '%.*s'", (int)(len > 64 ? 64 : len), s);
+    *out = (int)(neg ? -v : v);
+    return 0;
+}

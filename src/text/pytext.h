@@ -35,4 +35,8 @@ int32_t kiln_py_prev_cp(const char *s, size_t end);
  * ValueError. */
 int kiln_py_float(const char *s, size_t len, double *out);
 
+/* Python int(s[0..len)) for base-10 text (whitespace, sign, digits of any script, '_' between
+ * digits). KILN_EINVAL ("invalid literal for int()") otherwise or when outside int's range. */
+int kiln_py_int(const char *s, size_t len, int *out);
+
 #endif

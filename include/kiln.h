@@ -73,6 +73,9 @@ void kiln_tokenizer_free(kiln_tokenizer *tok);
  * Fails with KILN_EINVAL on text that is not valid UTF-8. */
 int kiln_tokenize(const kiln_tokenizer *tok, const char *text, int32_t *ids, size_t cap, size_t *n_ids);
 
+/* The tokenizer that belongs to a model: a diffusers folder's tokenizer/, else the default vocabulary. */
+int kiln_model_tokenizer(const kiln_model *model, kiln_tokenizer **out);
+
 #define KILN_TOKEN_BOS 49406
 #define KILN_TOKEN_EOS 49407
 

@@ -39,6 +39,10 @@ int kiln_weights_add_view(kiln_weights *w, const char *name, kiln_dtype dtype, i
 /* Adds (or replaces) a float32 tensor; the store takes ownership of data (malloc'd). */
 int kiln_weights_add_owned_f32(kiln_weights *w, const char *name, int ndim, const int64_t *shape, float *data,
                                const char *source);
+/* Adds (or replaces) a tensor of any weight dtype whose data (malloc'd) the store takes over, even on failure.
+ * Used for tensors a loader had to build (fused q/k/v, transposed projections). */
+int kiln_weights_add_owned(kiln_weights *w, const char *name, kiln_dtype dtype, int ndim, const int64_t *shape,
+                           void *data, const char *source);
 const kiln_weight *kiln_weights_find(const kiln_weights *w, const char *name);
 int64_t kiln_weight_numel(const kiln_weight *t);
 /* Converts the tensor to float32 into dst (numel floats). */

@@ -41,11 +41,13 @@ typedef struct kiln_slot {
     int is_output;                   /* the caller reads it after a run */
     int producer;                    /* op index that writes it, -1 for inputs/weights */
     int last_use;                    /* last op index that reads it (memory planning) */
-    size_t arena_offset;             /* activations: byte offset in the arena (memory planner) */
+    size_t arena_offset;             /* inputs and activations: byte offset in the arena (memory planner) */
 } kiln_slot;
 
 typedef enum kiln_op_kind {
-    KILN_OP_CONV2D,          /* x[N,C,H,W], w[O,C,kh,kw], b[O] (optional) -> [N,O,H',W']; stride, pad */
+    KILN_OP_CONV2D,          /* x[N,C,H,W], w[O,C,kh,kw], b[O] (optional) -> [N,O,H',W']; stride, pad, pad_end:
+                                zero padding `pad` before and `pad + pad_end` after each spatial axis
+                                (pad_end = 1 with pad = 0 is LDM's asymmetric VAE downsampling) */
     KILN_OP_LINEAR,          /* x[..,K], w[N,K], b[N] (optional) -> [..,N] */
     KILN_OP_GROUP_NORM,      /* x[N,C,...], gamma[C], beta[C] -> same; groups, eps; act = NONE or SILU */
     KILN_OP_LAYER_NORM,      /* x[..,C], gamma[C], beta[C] -> same; eps (over the last dim) */
@@ -72,7 +74,7 @@ typedef struct kiln_op {
     int in[KILN_PLAN_MAX_INPUTS];  /* slot ids; -1 for an absent optional input (bias) */
     int out;                       /* slot id */
     /* attributes; each op reads the ones its comment above names */
-    int stride, pad;               /* CONV2D */
+    int stride, pad, pad_end;      /* CONV2D */
     int groups;                    /* GROUP_NORM */
     kiln_activation act;           /* GROUP_NORM (fused), ACTIVATION */
     int heads, causal;             /* ATTENTION */
@@ -93,6 +95,7 @@ typedef struct kiln_plan {
     const kiln_weights *weights;   /* the store weight slots come from */
     int status;                    /* first error (0 = ok); the message is in kiln_last_error() */
     size_t arena_bytes;            /* after kiln_plan_finalize: activation arena size */
+    char label[96];                /* label given to ops added next (kiln_plan_set_label) */
 } kiln_plan;
 
 /* ---- building ---- */
@@ -111,6 +114,8 @@ int kiln_plan_output(kiln_plan *p, int slot, const char *name);
 
 /* Ops: each returns the output slot (or -1 once the plan has failed). */
 int kiln_plan_conv2d(kiln_plan *p, int x, int w, int b, int stride, int pad);
+/* Conv with pad_end extra zeros after each spatial axis (see KILN_OP_CONV2D). */
+int kiln_plan_conv2d_ex(kiln_plan *p, int x, int w, int b, int stride, int pad, int pad_end);
 int kiln_plan_linear(kiln_plan *p, int x, int w, int b);
 int kiln_plan_group_norm(kiln_plan *p, int x, int gamma, int beta, int groups, float eps, kiln_activation act);
 int kiln_plan_layer_norm(kiln_plan *p, int x, int gamma, int beta, float eps);
@@ -139,6 +144,10 @@ int64_t kiln_slot_numel(const kiln_slot *s);
 /* Slot id of the input or output with that name, or -1. */
 int kiln_plan_find(const kiln_plan *p, const char *name);
 const char *kiln_op_name(kiln_op_kind kind);
+/* The order backends take host buffers in: input slots, then output slots, each in slot-id
+ * order. Writes up to p->n_slots ids into inputs / outputs (either may be NULL) and the
+ * counts into *n_inputs / *n_outputs (either may be NULL). */
+void kiln_plan_io_order(const kiln_plan *p, int *inputs, int *n_inputs, int *outputs, int *n_outputs);
 /* FLOPs of one op (2 per multiply-add), for benchmarks. */
 double kiln_op_flops(const kiln_plan *p, const kiln_op *op);
 

@@ -1,5 +1,7 @@
 /* test_infotext.c — A1111 infotext formatting/parsing, and the sha256-based model hashes. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -153,6 +153,25 @@ TEST(attention_edge_cases) {
     CHECK(f.n == (int)n);
     kiln_prompt_fragments_free(&f);
     free(deep);
+
+    /* ... but an absurd amount of nesting is refused rather than taking minutes */
+    n = 30000;
+    deep = malloc(2 * n + 2);
+    for (size_t i = 0; i < n; i++) deep[2 * i] = '(', deep[2 * i + 1] = 'a';
+    deep[2 * n] = '\0';
+    CHECK(kiln_prompt_parse_attention(deep, &f) == KILN_EINVAL);
+    CHECK(strstr(kiln_last_error(), "nested") != NULL);
+    free(deep);
+
+    /* 100000 escaped brackets merge into one fragment (in linear time) */
+    n = 100000;
+    char *esc = malloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++) esc[2 * i] = '\\', esc[2 * i + 1] = '(';
+    esc[2 * n] = '\0';
+    CHECK(kiln_prompt_parse_attention(esc, &f) == 0);
+    CHECK(f.n == 1 && strlen(f.items[0].text) == n && f.items[0].text[n - 1] == '(');
+    kiln_prompt_fragments_free(&f);
+    free(esc);
 }
 
 TEST(schedule_docstring) {

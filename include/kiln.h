@@ -60,17 +60,40 @@ void kiln_model_free(kiln_model *model);
  * into buf (always NUL-terminated, truncated to size). Returns the full length needed. */
 size_t kiln_model_describe(const kiln_model *model, char *buf, size_t size);
 
+/* ---- generation context ----------------------------------------------------------
+ * A kiln_ctx binds a model to a compute backend and keeps the plans it compiles (one per network
+ * and shape), so repeated requests at the same size build nothing. The model must outlive it. */
+typedef struct kiln_ctx kiln_ctx;
+
+typedef struct kiln_ctx_options {
+    const char *backend;        /* "cpu" (default) or "cuda" */
+    int threads;                /* CPU threads, 0 = all cores */
+    const char *vocab_path;     /* CLIP vocabulary; NULL = the model's tokenizer/ or the default */
+    const char *embeddings_dir; /* textual-inversion embeddings used by name in prompts; NULL = none */
+    const char *lora_dir;       /* where <lora:NAME:W> prompt tags find NAME.safetensors; NULL = none */
+} kiln_ctx_options;
+
+int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **out);
+void kiln_ctx_free(kiln_ctx *ctx);
+
+/* Writes a checkpoint of a known architecture ("sd15", "tiny-sd15") with random fp16 weights, in the A1111
+ * single-file layout, atomically. For benchmarks: speed does not depend on the values. */
+int kiln_write_random_checkpoint(const char *arch, const char *path, uint64_t seed);
+
 /* ---- tokenizer ---------------------------------------------------------------- */
 typedef struct kiln_tokenizer kiln_tokenizer;
 
 /* Loads the CLIP BPE vocabulary: a bpe_simple_vocab_16e6.txt(.gz) file, or a diffusers
- * tokenizer/ folder (vocab.json + merges.txt). path NULL = the default location
- * ($KILN_CLIP_VOCAB, else the installed data directory). */
+ * tokenizer/ folder (vocab.json + merges.txt; a diffusers model folder holding tokenizer/ works too).
+ * path NULL = the default location: $KILN_CLIP_VOCAB, else
+ * ${XDG_DATA_HOME:-$HOME/.local/share}/kiln/bpe_simple_vocab_16e6.txt.gz, else the installed data
+ * directory; the error message lists every place tried. */
 int kiln_tokenizer_load(const char *path, kiln_tokenizer **out);
 void kiln_tokenizer_free(kiln_tokenizer *tok);
 /* Tokenizes UTF-8 text exactly as A1111 (HF slow CLIPTokenizer with ftfy) does, without
  * BOS/EOS. Writes up to cap ids; *n_ids receives the full count (may exceed cap).
- * Fails with KILN_EINVAL on text that is not valid UTF-8. */
+ * Fails with KILN_EINVAL on text that is not valid UTF-8 (the message gives the byte offset).
+ * Thread-safe: several threads may tokenize with one tokenizer at once. */
 int kiln_tokenize(const kiln_tokenizer *tok, const char *text, int32_t *ids, size_t cap, size_t *n_ids);
 
 /* The tokenizer that belongs to a model: a diffusers folder's tokenizer/, else the default vocabulary. */

@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_ops.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "test.h"
@@ -64,6 +65,22 @@ static void check_close(const char *what, const float *got, const float *want, i
 
 /* Reference results are computed in double and stored as float for the comparison. */
 static float *ref_alloc(int64_t n) { return calloc((size_t)(n ? n : 1), sizeof(float)); }
+
+/* ---- the vectorisable exp behind softmax and the sigmoids ---- */
+
+TEST(fast_expf) {
+    double worst = 0;
+    for (int i = 0; i <= 2000000; i++) {
+        float x = -87.0f + 175.0f * (float)i / 2000000.0f;
+        double want = exp((double)x), got = kiln_cpu_expf(x);
+        double rel = fabs(got - want) / want;
+        if (rel > worst) worst = rel;
+    }
+    CHECK_MSG(worst < 3.6e-7, "max relative error %.3g (3 ulp = 3.6e-7)", worst);
+    CHECK(kiln_cpu_expf(0.0f) == 1.0f);
+    CHECK(kiln_cpu_expf(-1000.0f) < 1e-37f && kiln_cpu_expf(-1000.0f) >= 0.0f);
+    CHECK(isinf(kiln_cpu_expf(1000.0f)));
+}
 
 /* ---- conv2d ---- */
 
@@ -187,6 +204,33 @@ TEST(linear_3d) {
 TEST(linear_2d_nobias) {
     int64_t xs[2] = {9, 33};
     linear_case("linear [9,33]->17", 2, xs, 17, 0);
+}
+
+TEST(linear_big) {
+    int64_t xs[3] = {3, 100, 300};
+    linear_case("linear [3,100,300]->200", 3, xs, 200, 1);
+}
+
+/* The tiled sgemm against one plain cblas_sgemm call, for every transpose combination and
+ * team sizes that do and do not divide the matrix sides. */
+TEST(tiled_sgemm) {
+    int m = 257, n = 250, k = 131;
+    float *a = rnd((int64_t)m * k, -1, 1), *b = rnd((int64_t)k * n, -1, 1);
+    float *c0 = rnd((int64_t)m * n, -1, 1), *c1 = malloc((size_t)m * n * sizeof *c1), *c2 = malloc((size_t)m * n * sizeof *c2);
+    int teams[4] = {2, 3, 7, 16};
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int t = 0; t < 4; t++) {
+                CBLAS_TRANSPOSE tA = ta ? CblasTrans : CblasNoTrans, tB = tb ? CblasTrans : CblasNoTrans;
+                int lda = ta ? m : k, ldb = tb ? k : n;
+                memcpy(c1, c0, (size_t)m * n * sizeof *c1);
+                memcpy(c2, c0, (size_t)m * n * sizeof *c2);
+                cblas_sgemm(CblasRowMajor, tA, tB, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c1, n);
+                kiln_cpu_sgemm(teams[t], tA, tB, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c2, n);
+                CHECK_MSG(test_max_abs_diff(c2, c1, (size_t)m * n) < 1e-4, "trans %d %d, %d threads", ta, tb,
+                          teams[t]);
+            }
+    free(a), free(b), free(c0), free(c1), free(c2);
 }
 
 /* ---- norms ---- */
@@ -623,6 +667,7 @@ TEST(backend_by_name) {
 }
 
 int main(void) {
+    RUN(fast_expf);
     RUN(conv2d_3x3_stride2);
     RUN(conv2d_3x3_stride1);
     RUN(conv2d_1x1);
@@ -633,6 +678,8 @@ int main(void) {
     RUN(conv2d_f16_weights);
     RUN(linear_3d);
     RUN(linear_2d_nobias);
+    RUN(linear_big);
+    RUN(tiled_sgemm);
     RUN(group_norm);
     RUN(group_norm_silu);
     RUN(layer_norm);

@@ -168,11 +168,28 @@ int main(void) {
         fprintf(stderr, "setup failed: %s\n", kiln_last_error());
         return 1;
     }
+    printf("A1111 single file:\n");
     RUN(text_encoder);
     RUN(unet);
     RUN(vae);
-    kiln_backend_destroy(cpu);
     kiln_model_free(model);
+
+    /* The same weights in the diffusers layout must give the same numbers. */
+    char dir[1024], cmd[4096];
+    snprintf(dir, sizeof dir, "%s/golden-diffusers", KILN_BUILD_DIR);
+    snprintf(cmd, sizeof cmd, "rm -rf %s && python3 %s/diffusers/materialize_diffusers_weights.py --out %s >/dev/null",
+             dir, test_fixture("tiny-sd15"), dir);
+    model = NULL;
+    if (system(cmd) != 0 || kiln_model_load(dir, NULL, &model)) {
+        fprintf(stderr, "diffusers layout: %s\n", kiln_last_error());
+        return 1;
+    }
+    printf("diffusers folder:\n");
+    RUN(text_encoder);
+    RUN(unet);
+    RUN(vae);
+    kiln_model_free(model);
+    kiln_backend_destroy(cpu);
     json_decref(manifest);
     return test_summary();
 }

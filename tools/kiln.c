@@ -18,6 +18,8 @@ static int usage(FILE *f) {
                "  info MODEL                describe a checkpoint (.safetensors) or diffusers folder\n"
                "  tokenize [--vocab FILE | -m MODEL] PROMPT\n"
                "                            print the CLIP token ids (BOS/EOS included) as a JSON array\n"
+               "  mkrandom [--arch sd15|tiny-sd15] [--seed N] -o FILE.safetensors\n"
+               "                            write a checkpoint with random weights (for benchmarks)\n"
                "  version                   print the version\n");
     return f == stderr ? 1 : 0;
 }
@@ -84,6 +86,34 @@ static int cmd_tokenize(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_mkrandom(int argc, char **argv) {
+    const char *arch = "sd15", *out = NULL;
+    unsigned long long seed = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--arch") && i + 1 < argc) {
+            arch = argv[++i];
+        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+            out = argv[++i];
+        } else if (!strcmp(argv[i], "--seed") && i + 1 < argc) {
+            char *end;
+            seed = strtoull(argv[++i], &end, 10);
+            if (*end) {
+                fprintf(stderr, "kiln mkrandom: --seed wants a non-negative integer, not '%s'\n", argv[i]);
+                return 1;
+            }
+        } else {
+            fprintf(stderr, "kiln mkrandom: unknown argument '%s'\n", argv[i]);
+            return 1;
+        }
+    }
+    if (!out) {
+        fprintf(stderr, "kiln mkrandom: -o FILE.safetensors is required\n");
+        return 1;
+    }
+    if (kiln_write_random_checkpoint(arch, out, seed)) return fail("mkrandom");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
@@ -94,6 +124,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) return usage(stdout);
     if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
+    if (!strcmp(cmd, "mkrandom")) return cmd_mkrandom(argc - 2, argv + 2);
     fprintf(stderr, "kiln: unknown command '%s' (try kiln help)\n", cmd);
     return 1;
 }

@@ -93,6 +93,9 @@ typedef struct kiln_plan {
     int n_ops, cap_ops;
     kiln_op *ops;
     const kiln_weights *weights;   /* the store weight slots come from */
+    kiln_weights *collect;         /* if set (== weights), a missing weight is added to it with the builder's shape
+                                      and no data instead of failing: how `kiln mkrandom` learns every name and
+                                      shape of an architecture from the builders themselves */
     int status;                    /* first error (0 = ok); the message is in kiln_last_error() */
     size_t arena_bytes;            /* after kiln_plan_finalize: activation arena size */
     char label[96];                /* label given to ops added next (kiln_plan_set_label) */

@@ -38,7 +38,8 @@ size_t kiln_cpu_conv2d_scratch(const kiln_plan *p, const kiln_op *op) {
 static void im2col(const float *x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int stride, int pad,
                    int64_t oh0, int64_t rows, int64_t wo, float *col, int n_threads) {
     int64_t k = c * kh * kw, n = rows * wo;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+    int team = kiln_cpu_team(n_threads, k * n);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t r = 0; r < k; r++) {
         int64_t ci = r / (kh * kw), ki = (r / kw) % kh, kj = r % kw;
         const float *xc = x + ci * h * w;
@@ -73,20 +74,21 @@ void kiln_cpu_conv2d(const kiln_cpu_exec *e, const kiln_op *op) {
         const float *xb = x + b * c * h * w;
         float *yb = y + b * o * hw_out;
         if (is_pointwise(p, op)) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)o, (int)hw_out, (int)c, 1.0f, wt, (int)c, xb,
-                        (int)hw_out, 0.0f, yb, (int)hw_out);
+            kiln_cpu_sgemm(e->n_threads, CblasNoTrans, CblasNoTrans, (int)o, (int)hw_out, (int)c, 1.0f, wt, (int)c, xb,
+                           (int)hw_out, 0.0f, yb, (int)hw_out);
             continue;
         }
         int64_t rows = band_rows(p, op);
         for (int64_t oh0 = 0; oh0 < ho; oh0 += rows) {
             int64_t r = ho - oh0 < rows ? ho - oh0 : rows;
             im2col(xb, c, h, w, kh, kw, op->stride, op->pad, oh0, r, wo, e->scratch, e->n_threads);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)o, (int)(r * wo), (int)k, 1.0f, wt, (int)k,
-                        e->scratch, (int)(r * wo), 0.0f, yb + oh0 * wo, (int)hw_out);
+            kiln_cpu_sgemm(e->n_threads, CblasNoTrans, CblasNoTrans, (int)o, (int)(r * wo), (int)k, 1.0f, wt, (int)k,
+                           e->scratch, (int)(r * wo), 0.0f, yb + oh0 * wo, (int)hw_out);
         }
     }
     if (!bias) return;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, n * o * hw_out);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t i = 0; i < n * o; i++) {
         float bv = bias[i % o], *yr = y + i * hw_out;
         for (int64_t j = 0; j < hw_out; j++) yr[j] += bv;

@@ -1,0 +1,819 @@
+// cuda_backend.cu — the CUDA backend's vtable: compiles a plan into steps over one device arena,
+// tunes the library calls, captures the whole run as one CUDA graph, and replays it.
+//
+// Compile does, in order: fusion (a LINEAR/CONV2D whose only reader is an ADD takes the other
+// operand as its residual; layout ops NCHW_TO_NLC/NLC_TO_NCHW become aliases, because NHWC and
+// [N, HW, C] are the same bytes), memory planning over buffer lifetimes, weight upload (fp16, 4-D
+// as [O, kh, kw, C]; norm parameters fp32; cached per backend so plans share them), tuning of every
+// GEMM and convolution on random data, and graph capture. Run copies the host fp32 inputs in,
+// replays the graph (which converts them to fp16 NHWC first and the outputs back last), and copies
+// the outputs out.
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_backend.h"
+
+#ifdef KILN_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+// ---- backend and its weight cache
+// Device copies of weights are shared by the compiled plans of one backend and counted: an entry
+// lives while some compiled plan uses it. (A store's tensors may be freed once no compiled plan
+// needs them, and a new store may reuse their addresses, so nothing outlives its last user.)
+typedef struct kc_cached_weight {
+    const kiln_weight *w;
+    int f32;                // 1: fp32 as stored; 0: fp16, 4-D permuted to NHWC
+    uint64_t version;
+    int refs;               // compiled plans using it
+    void *dev;
+} kc_cached_weight;
+
+typedef struct kc_backend {
+    kc_libs libs;
+    int device;
+    char name[256];
+    kc_cached_weight *cache;
+    int n_cache, cap_cache;
+    float *staging;         // device fp32 buffer for weight conversion
+    size_t staging_n;
+} kc_backend;
+
+// ---- compiled plan
+typedef struct kc_slotinfo {
+    int buf;                // buffer id (after aliasing), -1 for weights
+    void *ptr;              // device data: fp16 (I32 inputs: int32)
+    float *f32;             // inputs and outputs: device fp32 staging in the logical layout
+    long long ld;           // row stride in elements; 0 = dense
+} kc_slotinfo;
+
+typedef struct kc_step {
+    int op;                 // plan op index, or -1 for a removed op
+    int out;                // slot written (an ADD's output when a residual was fused)
+    int residual;           // slot added in the epilogue, or -1
+    kc_gemm gemm;
+    kc_conv conv;
+    int has_gemm, has_conv;
+} kc_step;
+
+struct kiln_compiled {
+    kc_backend *be;
+    const kiln_plan *plan;
+    kc_slotinfo *si;
+    kc_step *steps;
+    int n_steps;
+    int *in_ids, n_in, *out_ids, n_out;
+    char *arena;            // activations, then scratch
+    size_t arena_bytes, scratch_bytes;
+    void *scratch;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
+    int n_wrefs, cap_wrefs;
+};
+
+static size_t kc_align(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static int kc_nhwc(const kiln_slot *s) { return s->ndim == 4; }
+
+// Converts and copies one weight to new device memory: fp32 as is, or fp16 (4-D as NHWC).
+static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void **out) {
+    int64_t n = kiln_weight_numel(w);
+    float *host = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
+    if (!host) return kiln_error(KILN_ENOMEM, "out of memory converting weight %s", w->name);
+    kiln_weight_to_f32(w, host);
+    if ((size_t)n > be->staging_n) {
+        cudaFree(be->staging);
+        be->staging = NULL;
+        be->staging_n = 0;
+        if (cudaMalloc(&be->staging, (size_t)n * sizeof(float)) != cudaSuccess) {
+            free(host);
+            return kiln_error(KILN_ENOMEM, "out of GPU memory uploading weight %s", w->name);
+        }
+        be->staging_n = (size_t)n;
+    }
+    void *dev = NULL;
+    size_t bytes = (size_t)n * (f32 ? sizeof(float) : sizeof(kc_half));
+    if (cudaMalloc(&dev, bytes ? bytes : 16) != cudaSuccess) {
+        free(host);
+        return kiln_error(KILN_ENOMEM, "out of GPU memory uploading weight %s (%zu bytes)", w->name, bytes);
+    }
+    // Same stream as the conversion kernel, so the kernel never reads a copy in flight.
+    cudaError_t e = cudaMemcpyAsync(f32 ? dev : (void *)be->staging, host, (size_t)n * sizeof(float),
+                                    cudaMemcpyHostToDevice, be->libs.stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(be->libs.stream);
+    free(host);
+    if (e != cudaSuccess) {
+        cudaFree(dev);
+        return kiln_error(KILN_EBACKEND, "uploading weight %s: %s", w->name, cudaGetErrorString(e));
+    }
+    if (!f32) {
+        int nhwc = w->ndim == 4;
+        int rc = kc_f32_to_half(be->libs.stream, be->staging, (kc_half *)dev, nhwc, nhwc ? (int)w->shape[0] : 1,
+                                nhwc ? (int)w->shape[1] : 1, nhwc ? (int)w->shape[2] : 1,
+                                nhwc ? (int)w->shape[3] : 1, (size_t)n);
+        if (rc == 0 && cudaStreamSynchronize(be->libs.stream) != cudaSuccess)
+            rc = kiln_error(KILN_EBACKEND, "converting weight %s", w->name);
+        if (rc) {
+            cudaFree(dev);
+            return rc;
+        }
+    }
+    *out = dev;
+    return 0;
+}
+
+// ---- weights
+static int kc_cache_find(kc_backend *be, const kiln_weight *w, int f32) {
+    for (int i = 0; i < be->n_cache; i++)
+        if (be->cache[i].w == w && be->cache[i].f32 == f32) return i;
+    return -1;
+}
+
+static void kc_cache_release(kc_backend *be, const kiln_weight *w, int f32) {
+    int i = kc_cache_find(be, w, f32);
+    if (i < 0 || --be->cache[i].refs > 0) return;
+    cudaFree(be->cache[i].dev);
+    be->cache[i] = be->cache[--be->n_cache];
+}
+
+// Uploads (or finds) w for compiled plan c; c holds one count on the entry until it is freed.
+static int kc_weight_get(kiln_compiled *c, const kiln_weight *w, int f32, void **out) {
+    kc_backend *be = c->be;
+    int held = 0;
+    for (int i = 0; i < c->n_wrefs && !held; i++) held = c->wrefs[i].w == w && c->wrefs[i].f32 == f32;
+    int at = kc_cache_find(be, w, f32);
+    if (at >= 0 && be->cache[at].version == w->version) {
+        if (!held) be->cache[at].refs++;
+    } else {
+        int refs = at >= 0 ? be->cache[at].refs : 0;
+        if (at >= 0) {  // the values changed (LoRA merge): upload again, users keep their counts
+            cudaFree(be->cache[at].dev);
+            be->cache[at] = be->cache[--be->n_cache];
+        }
+        void *dev = NULL;
+        KILN_TRY(kc_upload_weight(be, w, f32, &dev));
+        if (be->n_cache == be->cap_cache) {
+            int cap = be->cap_cache ? 2 * be->cap_cache : 256;
+            kc_cached_weight *grown = (kc_cached_weight *)realloc(be->cache, (size_t)cap * sizeof *grown);
+            if (!grown) {
+                cudaFree(dev);
+                return kiln_error(KILN_ENOMEM, "out of memory");
+            }
+            be->cache = grown, be->cap_cache = cap;
+        }
+        be->cache[be->n_cache++] = (kc_cached_weight){w, f32, w->version, refs + (held ? 0 : 1), dev};
+        at = be->n_cache - 1;
+    }
+    if (!held) {
+        if (c->n_wrefs == c->cap_wrefs) {
+            int cap = c->cap_wrefs ? 2 * c->cap_wrefs : 64;
+            void *grown = realloc(c->wrefs, (size_t)cap * sizeof *c->wrefs);
+            if (!grown) {
+                kc_cache_release(be, w, f32);
+                return kiln_error(KILN_ENOMEM, "out of memory");
+            }
+            c->wrefs = (decltype(c->wrefs))grown, c->cap_wrefs = cap;
+        }
+        c->wrefs[c->n_wrefs].w = w;
+        c->wrefs[c->n_wrefs].f32 = f32;
+        c->n_wrefs++;
+    }
+    *out = be->cache[at].dev;
+    return 0;
+}
+
+// Device pointer of a slot read as fp16 data (weights from the cache).
+static int kc_half_ptr(kiln_compiled *c, int id, const kc_half **out) {
+    const kiln_slot *s = &c->plan->slots[id];
+    if (s->kind == KILN_SLOT_WEIGHT) {
+        void *p;
+        KILN_TRY(kc_weight_get(c, s->weight, 0, &p));
+        *out = (const kc_half *)p;
+        return 0;
+    }
+    if (s->dtype != KILN_SLOT_F32)
+        return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: slot %s is int32 where float data is needed", s->name);
+    *out = (const kc_half *)c->si[id].ptr;
+    return 0;
+}
+static int kc_f32_ptr(kiln_compiled *c, int id, const float **out) {
+    const kiln_slot *s = &c->plan->slots[id];
+    if (s->kind != KILN_SLOT_WEIGHT)
+        return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: norm parameter %s must be a weight", s->name);
+    void *p;
+    KILN_TRY(kc_weight_get(c, s->weight, 1, &p));
+    *out = (const float *)p;
+    return 0;
+}
+
+// ---- analysis: aliases, fusion, lifetimes
+static int kc_is_alias_op(kiln_op_kind k) { return k == KILN_OP_NCHW_TO_NLC || k == KILN_OP_NLC_TO_NCHW; }
+
+// Finds an ADD that is the only reader of `slot` and whose other operand can be the epilogue's
+// residual (same shape, ready before op `at`). Returns the ADD's op index or -1.
+static int kc_find_residual_add(const kiln_plan *p, const int *readers, int slot, int at, int *other) {
+    const kiln_slot *s = &p->slots[slot];
+    if (s->is_output || readers[slot] != 1) return -1;
+    for (int j = at + 1; j < p->n_ops; j++) {
+        const kiln_op *op = &p->ops[j];
+        int uses = 0;
+        for (int i = 0; i < op->n_in; i++) uses += op->in[i] == slot;
+        if (!uses) continue;
+        if (op->kind != KILN_OP_ADD || uses != 1) return -1;
+        int o = op->in[0] == slot ? op->in[1] : op->in[0];
+        const kiln_slot *so = &p->slots[o];
+        if (kiln_slot_numel(so) != kiln_slot_numel(s) || so->ndim != s->ndim || so->dtype != KILN_SLOT_F32) return -1;
+        if (so->kind == KILN_SLOT_ACTIVATION && so->producer >= at) return -1;
+        *other = o;
+        return j;
+    }
+    return -1;
+}
+
+// Assigns arena offsets to buffers given their lifetimes [first, last] in step order (greedy:
+// largest first, lowest offset that overlaps no live buffer). Returns the arena size.
+typedef struct kc_buffer { size_t size, offset; int first, last; } kc_buffer;
+static size_t kc_plan_memory(kc_buffer *b, int n) {
+    int *order = (int *)malloc((size_t)(n ? n : 1) * sizeof(int));
+    int *placed = (int *)malloc((size_t)(n ? n : 1) * sizeof(int));
+    int n_placed = 0;
+    size_t total = 0;
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++)  // insertion sort by size, descending (few thousand buffers at most)
+        for (int j = i; j > 0 && b[order[j]].size > b[order[j - 1]].size; j--) {
+            int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+        }
+    for (int oi = 0; oi < n; oi++) {
+        kc_buffer *cur = &b[order[oi]];
+        if (!cur->size) continue;
+        size_t off = 0;
+        for (int moved = 1; moved;) {  // bump past every live conflict until none overlaps
+            moved = 0;
+            for (int k = 0; k < n_placed; k++) {
+                kc_buffer *o = &b[placed[k]];
+                if (o->last < cur->first || cur->last < o->first) continue;
+                if (off < o->offset + o->size && o->offset < off + cur->size) {
+                    off = kc_align(o->offset + o->size);
+                    moved = 1;
+                }
+            }
+        }
+        cur->offset = off;
+        placed[n_placed++] = order[oi];
+        if (off + cur->size > total) total = off + cur->size;
+    }
+    free(order);
+    free(placed);
+    return kc_align(total);
+}
+
+// ---- running one step
+static int kc_slot_dims(const kiln_slot *s, int *N, int *C, int *H, int *W) {
+    if (s->ndim != 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: %s is not 4-D", s->name);
+    *N = (int)s->shape[0], *C = (int)s->shape[1], *H = (int)s->shape[2], *W = (int)s->shape[3];
+    return 0;
+}
+
+// tune = 1 at compile time: prepares (and times) library calls instead of only launching.
+static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
+    const kiln_plan *p = c->plan;
+    const kiln_op *op = &p->ops[st->op];
+    kc_libs *L = &c->be->libs;
+    cudaStream_t s = L->stream;
+    const kiln_slot *so = &p->slots[st->out];
+    kc_half *y = (kc_half *)c->si[st->out].ptr;
+    size_t n = (size_t)kiln_slot_numel(so);
+    const kc_half *x = NULL, *w = NULL, *b = NULL, *r = NULL;
+    if (op->n_in > 0 && op->in[0] >= 0 && p->slots[op->in[0]].dtype == KILN_SLOT_F32 &&
+        op->kind != KILN_OP_TIMESTEP_EMBED)
+        KILN_TRY(kc_half_ptr(c, op->in[0], &x));
+    if (st->residual >= 0) KILN_TRY(kc_half_ptr(c, st->residual, &r));
+    const kiln_slot *sx = op->n_in > 0 && op->in[0] >= 0 ? &p->slots[op->in[0]] : NULL;
+
+    switch (op->kind) {
+    case KILN_OP_CONV2D: {
+        int N = 0, C = 0, H = 0, W = 0;
+        KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
+        const kiln_slot *sw = &p->slots[op->in[1]];
+        KILN_TRY(kc_half_ptr(c, op->in[1], &w));
+        if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        if (tune) {
+            KILN_TRY(kc_conv_init(L, &st->conv, N, C, H, W, (int)sw->shape[0], (int)sw->shape[2], (int)sw->shape[3],
+                                  op->stride, op->pad, op->pad_end, b != NULL, r != NULL, x, w, b, r, y, c->scratch,
+                                  c->scratch_bytes));
+            st->has_conv = 1;
+        }
+        return kc_conv_run(L, &st->conv, x, w, b, r, y, c->scratch);
+    }
+    case KILN_OP_LINEAR: {
+        if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: linear on 4-D %s", sx->name);
+        const kiln_slot *sw = &p->slots[op->in[1]];
+        int N = (int)sw->shape[0], K = (int)sw->shape[1];
+        int M = (int)(kiln_slot_numel(sx) / K);
+        KILN_TRY(kc_half_ptr(c, op->in[1], &w));
+        if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        long long ldx = c->si[op->in[0]].ld ? c->si[op->in[0]].ld : K;
+        long long ldy = c->si[st->out].ld ? c->si[st->out].ld : N;
+        if (tune) {
+            KILN_TRY(kc_gemm_init(L, &st->gemm, M, N, K, (int)ldx, (int)ldy, b != NULL, r != NULL, x, w, b, r, y,
+                                  c->scratch, c->scratch_bytes));
+            st->has_gemm = 1;
+        }
+        return kc_gemm_run(L, &st->gemm, x, w, b, r, y, c->scratch);
+    }
+    case KILN_OP_GROUP_NORM: {
+        const float *gamma = NULL, *beta = NULL;
+        KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
+        KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
+        int N = (int)sx->shape[0], C = (int)sx->shape[1];
+        long long P = kiln_slot_numel(sx) / ((long long)N * C);
+        long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
+        return kc_group_norm(s, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp, op->eps,
+                             op->act == KILN_ACT_SILU, c->scratch);
+    }
+    case KILN_OP_LAYER_NORM: {
+        if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
+        const float *gamma = NULL, *beta = NULL;
+        KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
+        KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
+        int C = (int)sx->shape[sx->ndim - 1];
+        return kc_layer_norm(s, x, y, gamma, beta, (long long)(n / C), C, op->eps);
+    }
+    case KILN_OP_ACTIVATION: return kc_activation(s, x, y, n, (int)op->act, 1.0f);
+    case KILN_OP_SCALE: return kc_activation(s, x, y, n, 0, op->scale);
+    case KILN_OP_GEGLU: {
+        int N = (int)so->shape[so->ndim - 1];
+        return kc_geglu(s, x, y, (long long)(n / N), N);
+    }
+    case KILN_OP_ATTENTION: {
+        const kiln_slot *sk = &p->slots[op->in[1]];
+        const kc_half *k = NULL, *v = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &k));
+        KILN_TRY(kc_half_ptr(c, op->in[2], &v));
+        int B = (int)sx->shape[0], Lq = (int)sx->shape[1], E = (int)sx->shape[2], Lk = (int)sk->shape[1];
+        int H = op->heads, D = E / H;
+        long long ldq = c->si[op->in[0]].ld ? c->si[op->in[0]].ld : E;
+        long long ldk = c->si[op->in[1]].ld ? c->si[op->in[1]].ld : E;
+        long long ldv = c->si[op->in[2]].ld ? c->si[op->in[2]].ld : E;
+        long long ldo = c->si[st->out].ld ? c->si[st->out].ld : E;
+        float scale = op->scale > 0.0f ? op->scale : 1.0f / sqrtf((float)D);
+        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) {
+            int rc = kc_attention_flash(s, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal);
+            if (rc != KILN_EUNSUPPORTED) return rc;
+            kiln_error_clear();
+        }
+        return kc_attention_fallback(L, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal,
+                                     c->scratch);
+    }
+    case KILN_OP_UPSAMPLE_NEAREST: {
+        int N = 0, C = 0, H = 0, W = 0;
+        KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
+        return kc_upsample_nearest(s, x, y, N, C, H, W, (int)so->shape[2], (int)so->shape[3], C);
+    }
+    case KILN_OP_CONCAT_CHANNELS: {
+        const kiln_slot *sb = &p->slots[op->in[1]];
+        const kc_half *xb = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &xb));
+        int Ca = (int)sx->shape[1], Cb = (int)sb->shape[1];
+        long long rows = (long long)sx->shape[0] * sx->shape[2] * sx->shape[3];
+        KILN_TRY(kc_copy_channels(s, x, Ca, 0, y, Ca + Cb, 0, rows, Ca));
+        return kc_copy_channels(s, xb, Cb, 0, y, Ca + Cb, Ca, rows, Cb);
+    }
+    case KILN_OP_SLICE_CHANNELS: {
+        int C = (int)sx->shape[1];
+        long long rows = (long long)sx->shape[0] * sx->shape[2] * sx->shape[3];
+        return kc_copy_channels(s, x, C, op->start, y, op->count, 0, rows, op->count);
+    }
+    case KILN_OP_ADD: {
+        const kiln_slot *sb = &p->slots[op->in[1]];
+        const kc_half *xb = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &xb));
+        return kc_add(s, x, xb, y, n, (size_t)kiln_slot_numel(sb), sx->ndim, sx->shape, sb->ndim, sb->shape);
+    }
+    case KILN_OP_ADD_CHANNEL: {
+        const kc_half *e = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &e));
+        int N = 0, C = 0, H = 0, W = 0;
+        KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
+        return kc_add_channel(s, x, e, y, N, C, (long long)H * W);
+    }
+    case KILN_OP_TIMESTEP_EMBED: {
+        int id = op->in[0];
+        const void *t = c->si[id].ptr;
+        int t_f32 = 0, t_i32 = sx->dtype == KILN_SLOT_I32;
+        if (sx->kind == KILN_SLOT_INPUT && sx->dtype == KILN_SLOT_F32) {
+            t = c->si[id].f32;  // read the caller's fp32 values: fractional timesteps survive
+            t_f32 = 1;
+        } else if (sx->kind == KILN_SLOT_WEIGHT) {
+            KILN_TRY(kc_half_ptr(c, id, (const kc_half **)&t));
+        }
+        return kc_timestep_embed(s, t, t_f32, t_i32, y, (int)so->shape[0], op->dim, op->max_period);
+    }
+    default:
+        return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: op %s (%s) is not supported", kiln_op_name(op->kind),
+                          op->label);
+    }
+}
+
+// Everything the graph holds: input conversion, the steps, output conversion.
+static int kc_execute(kiln_compiled *c, int tune) {
+    const kiln_plan *p = c->plan;
+    cudaStream_t s = c->be->libs.stream;
+    for (int i = 0; i < c->n_in; i++) {
+        const kiln_slot *sl = &p->slots[c->in_ids[i]];
+        if (sl->dtype != KILN_SLOT_F32) continue;  // int32 inputs are read in place
+        int nhwc = kc_nhwc(sl);
+        KILN_TRY(kc_f32_to_half(s, c->si[c->in_ids[i]].f32, (kc_half *)c->si[c->in_ids[i]].ptr, nhwc,
+                                nhwc ? (int)sl->shape[0] : 1, nhwc ? (int)sl->shape[1] : 1,
+                                nhwc ? (int)sl->shape[2] : 1, nhwc ? (int)sl->shape[3] : 1,
+                                (size_t)kiln_slot_numel(sl)));
+    }
+    for (int i = 0; i < c->n_steps; i++) {
+        kc_step *st = &c->steps[i];
+        if (st->op < 0) continue;
+        int rc = kc_run_step(c, st, tune);
+        if (rc) return kiln_error_context(rc, "op %d %s (%s): ", st->op, kiln_op_name(p->ops[st->op].kind),
+                                          p->ops[st->op].label);
+    }
+    for (int i = 0; i < c->n_out; i++) {
+        const kiln_slot *sl = &p->slots[c->out_ids[i]];
+        int nhwc = kc_nhwc(sl);
+        KILN_TRY(kc_half_to_f32(s, (const kc_half *)c->si[c->out_ids[i]].ptr, c->si[c->out_ids[i]].f32, nhwc,
+                                nhwc ? (int)sl->shape[0] : 1, nhwc ? (int)sl->shape[1] : 1,
+                                nhwc ? (int)sl->shape[2] : 1, nhwc ? (int)sl->shape[3] : 1,
+                                (size_t)kiln_slot_numel(sl)));
+    }
+    return 0;
+}
+
+static void kc_free_compiled(kiln_compiled *c) {
+    if (!c) return;
+    if (c->exec) cudaGraphExecDestroy(c->exec);
+    if (c->graph) cudaGraphDestroy(c->graph);
+    for (int i = 0; i < c->n_steps; i++) {
+        if (c->steps[i].has_gemm) kc_gemm_destroy(&c->steps[i].gemm);
+        if (c->steps[i].has_conv) kc_conv_destroy(&c->steps[i].conv);
+    }
+    cudaFree(c->arena);
+    for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
+    free(c->wrefs);
+    free(c->si);
+    free(c->steps);
+    free(c->in_ids);
+    free(c->out_ids);
+    free(c);
+}
+
+// Scratch one step may need (workspaces, im2col, group-norm partials, attention fallback).
+static size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op) {
+    const kiln_slot *sx = op->n_in > 0 && op->in[0] >= 0 ? &p->slots[op->in[0]] : NULL;
+    switch (op->kind) {
+    case KILN_OP_CONV2D: {
+        const kiln_slot *sw = &p->slots[op->in[1]];
+        if (sx->ndim != 4) return 0;
+        return kc_conv_scratch_bound((int)sx->shape[0], (int)sx->shape[1], (int)sx->shape[2], (int)sx->shape[3],
+                                     (int)sw->shape[0], (int)sw->shape[2], (int)sw->shape[3], op->stride, op->pad,
+                                     op->pad_end);
+    }
+    case KILN_OP_LINEAR: return kc_gemm_workspace_bytes;
+    case KILN_OP_GROUP_NORM: return kc_group_norm_scratch((int)sx->shape[0], op->groups);
+    case KILN_OP_ATTENTION: {
+        const kiln_slot *sk = &p->slots[op->in[1]];
+        int D = (int)(sx->shape[2] / op->heads);
+        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) return 0;
+        return kc_attention_fallback_scratch(op->heads, (int)sx->shape[1], (int)sk->shape[1]);
+    }
+    default: return 0;
+    }
+}
+
+static int kc_compile_impl(kiln_compiled *c) {
+    const kiln_plan *p = c->plan;
+    int ns = p->n_slots, no = p->n_ops;
+    kc_libs *L = &c->be->libs;
+    KC_CUDA(cudaSetDevice(c->be->device));
+    c->si = (kc_slotinfo *)calloc((size_t)ns + 1, sizeof *c->si);
+    c->steps = (kc_step *)calloc((size_t)no + 1, sizeof *c->steps);
+    c->in_ids = (int *)malloc(((size_t)ns + 1) * sizeof(int));
+    c->out_ids = (int *)malloc(((size_t)ns + 1) * sizeof(int));
+    int *readers = (int *)calloc((size_t)ns + 1, sizeof(int));
+    int *root = (int *)malloc(((size_t)ns + 1) * sizeof(int));
+    int *def_step = (int *)malloc(((size_t)ns + 1) * sizeof(int));
+    kc_buffer *bufs = (kc_buffer *)calloc((size_t)ns + 1, sizeof *bufs);
+    size_t scratch = 0, io_bytes = 0, total = 0;
+    int rc = 0;
+    if (!c->si || !c->steps || !c->in_ids || !c->out_ids || !readers || !root || !def_step || !bufs) {
+        rc = kiln_error(KILN_ENOMEM, "out of memory compiling a plan");
+        goto done;
+    }
+    kiln_plan_io_order(p, c->in_ids, &c->n_in, c->out_ids, &c->n_out);
+    for (int i = 0; i < no; i++)
+        for (int k = 0; k < p->ops[i].n_in; k++)
+            if (p->ops[i].in[k] >= 0) readers[p->ops[i].in[k]]++;
+    for (int i = 0; i < ns; i++) root[i] = i, def_step[i] = -1, c->si[i].buf = -1;
+
+    // Steps, with residual fusion and aliases.
+    c->n_steps = no;
+    for (int i = 0; i < no; i++) c->steps[i].op = -2;  // not yet decided
+    for (int i = 0; i < no; i++) {
+        const kiln_op *op = &p->ops[i];
+        kc_step *st = &c->steps[i];
+        if (st->op == -1) continue;  // an ADD folded into an earlier step
+        st->op = i, st->out = op->out, st->residual = -1;
+        if (kc_is_alias_op(op->kind)) {
+            if (p->slots[op->in[0]].kind == KILN_SLOT_WEIGHT) {
+                rc = kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layout op on weight %s", p->slots[op->in[0]].name);
+                goto done;
+            }
+            root[op->out] = root[op->in[0]];
+            st->op = -1;
+            continue;
+        }
+        if ((op->kind == KILN_OP_LINEAR || op->kind == KILN_OP_CONV2D) && !getenv("KILN_CUDA_NO_FUSE")) {
+            int other = -1, j = kc_find_residual_add(p, readers, op->out, i, &other);
+            if (j >= 0) {
+                st->out = p->ops[j].out;
+                st->residual = other;
+                c->steps[j].op = -1;
+            }
+        }
+    }
+    // Buffers: one per root slot that holds data (inputs, activations), lifetimes in step order.
+    for (int i = 0; i < ns; i++) bufs[i].first = INT_MAX, bufs[i].last = -1;
+    for (int i = 0; i < ns; i++) {
+        const kiln_slot *s = &p->slots[i];
+        if (s->kind == KILN_SLOT_WEIGHT) continue;
+        int r = root[i];
+        kc_buffer *b = &bufs[r];
+        size_t bytes = (size_t)kiln_slot_numel(s) * (s->dtype == KILN_SLOT_I32 ? 4 : sizeof(kc_half));
+        if (bytes > b->size) b->size = bytes;
+        if (s->kind == KILN_SLOT_INPUT) b->first = -1;
+        if (s->is_output) b->last = INT_MAX;
+    }
+    for (int i = 0; i < no; i++) {
+        const kc_step *st = &c->steps[i];
+        if (st->op < 0) continue;
+        const kiln_op *op = &p->ops[i];
+        kc_buffer *bo = &bufs[root[st->out]];
+        if (i < bo->first) bo->first = i;
+        if (i > bo->last) bo->last = i;
+        for (int k = 0; k < op->n_in; k++) {
+            int id = op->in[k];
+            if (id < 0 || p->slots[id].kind == KILN_SLOT_WEIGHT) continue;
+            kc_buffer *b = &bufs[root[id]];
+            if (i > b->last) b->last = i;
+            if (i < b->first) b->first = i;
+        }
+        if (st->residual >= 0 && p->slots[st->residual].kind != KILN_SLOT_WEIGHT) {
+            kc_buffer *b = &bufs[root[st->residual]];
+            if (i > b->last) b->last = i;
+        }
+    }
+    for (int i = 0; i < ns; i++)
+        if (root[i] != i || p->slots[i].kind == KILN_SLOT_WEIGHT) bufs[i].size = 0;
+    c->arena_bytes = kc_plan_memory(bufs, ns);
+    // Scratch after the activations.
+    for (int i = 0; i < no; i++) {
+        if (c->steps[i].op < 0) continue;
+        size_t need = kc_step_scratch(p, &p->ops[i]);
+        if (need > scratch) scratch = need;
+    }
+    c->scratch_bytes = kc_align(scratch);
+    for (int i = 0; i < c->n_in; i++) io_bytes += kc_align((size_t)kiln_slot_numel(&p->slots[c->in_ids[i]]) * 4);
+    for (int i = 0; i < c->n_out; i++) io_bytes += kc_align((size_t)kiln_slot_numel(&p->slots[c->out_ids[i]]) * 4);
+    total = c->arena_bytes + c->scratch_bytes + io_bytes;
+    if (cudaMalloc((void **)&c->arena, total ? total : 256) != cudaSuccess) {
+        cudaGetLastError();
+        rc = kiln_error(KILN_ENOMEM, "out of GPU memory: the plan's arena needs %.1f MiB", total / 1048576.0);
+        goto done;
+    }
+    c->scratch = c->arena + c->arena_bytes;
+    {
+        char *io = c->arena + c->arena_bytes + c->scratch_bytes;
+        for (int i = 0; i < c->n_in; i++) {
+            int id = c->in_ids[i];
+            c->si[id].f32 = (float *)io;
+            io += kc_align((size_t)kiln_slot_numel(&p->slots[id]) * 4);
+        }
+        for (int i = 0; i < c->n_out; i++) {
+            int id = c->out_ids[i];
+            c->si[id].f32 = (float *)io;
+            io += kc_align((size_t)kiln_slot_numel(&p->slots[id]) * 4);
+        }
+    }
+    for (int i = 0; i < ns; i++) {
+        const kiln_slot *s = &p->slots[i];
+        if (s->kind == KILN_SLOT_WEIGHT) continue;
+        c->si[i].buf = root[i];
+        c->si[i].ptr = c->arena + bufs[root[i]].offset;
+        if (s->kind == KILN_SLOT_INPUT && s->dtype == KILN_SLOT_I32) c->si[i].ptr = c->si[i].f32;
+    }
+    // Random finite data everywhere, so tuning never times zeros or NaNs.
+    rc = kc_fill_random(L->stream, (kc_half *)c->arena, (c->arena_bytes + c->scratch_bytes) / 2, 12345u, 0.5f);
+    if (rc) goto done;
+    for (int i = 0; i < c->n_in; i++) {
+        int id = c->in_ids[i];
+        size_t n = (size_t)kiln_slot_numel(&p->slots[id]);
+        if (p->slots[id].dtype == KILN_SLOT_I32) {
+            if (cudaMemsetAsync(c->si[id].f32, 0, n * 4, L->stream) != cudaSuccess) {
+                rc = kiln_error(KILN_EBACKEND, "cudaMemset failed");
+                goto done;
+            }
+        } else {  // half the f32 buffer's bytes hold random halves: reinterpret a random fill as f32 data
+            rc = kc_half_to_f32(L->stream, (const kc_half *)c->arena, c->si[id].f32, 0, 1, 1, 1, 1,
+                                n < c->arena_bytes / 2 ? n : c->arena_bytes / 2);
+            if (rc) goto done;
+        }
+    }
+    // Tuning run (uploads weights on first use), then the graph.
+    rc = kc_execute(c, 1);
+    if (rc) goto done;
+    if (cudaStreamSynchronize(L->stream) != cudaSuccess) {
+        rc = kiln_error(KILN_EBACKEND, "compile: %s", cudaGetErrorString(cudaGetLastError()));
+        goto done;
+    }
+    if (!getenv("KILN_CUDA_NO_GRAPH")) {
+        cudaStreamCaptureMode mode = cudaStreamCaptureModeThreadLocal;
+        if (cudaStreamBeginCapture(L->stream, mode) == cudaSuccess) {
+            int erc = kc_execute(c, 0);
+            cudaError_t e = cudaStreamEndCapture(L->stream, &c->graph);
+            if (erc == 0 && e == cudaSuccess && cudaGraphInstantiate(&c->exec, c->graph, 0) == cudaSuccess) {
+                // captured
+            } else {
+                if (c->graph) cudaGraphDestroy(c->graph);
+                c->graph = NULL;
+                c->exec = NULL;
+                cudaGetLastError();
+                kiln_error_clear();
+                fprintf(stderr, "kiln: CUDA graph capture failed; running op by op\n");
+            }
+        }
+    }
+done:
+    free(readers);
+    free(root);
+    free(def_step);
+    free(bufs);
+    return rc;
+}
+
+static int kc_compile(kiln_backend *be, const kiln_plan *plan, kiln_compiled **out) {
+    *out = NULL;
+    if (plan->status) return kiln_error(plan->status, "cannot compile a plan that failed to build");
+    kiln_compiled *c = (kiln_compiled *)calloc(1, sizeof *c);
+    if (!c) return kiln_error(KILN_ENOMEM, "out of memory");
+    c->be = (kc_backend *)be->impl;
+    c->plan = plan;
+    int rc = kc_compile_impl(c);
+    if (rc) {
+        kc_free_compiled(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+static int kc_run(kiln_compiled *c, const void *const *inputs, void *const *outputs) {
+    const kiln_plan *p = c->plan;
+    cudaStream_t s = c->be->libs.stream;
+    KC_CUDA(cudaSetDevice(c->be->device));
+    for (int i = 0; i < c->n_in; i++) {
+        int id = c->in_ids[i];
+        KC_CUDA(cudaMemcpyAsync(c->si[id].f32, inputs[i], (size_t)kiln_slot_numel(&p->slots[id]) * 4,
+                                cudaMemcpyHostToDevice, s));
+    }
+    if (c->exec) {
+        KC_CUDA(cudaGraphLaunch(c->exec, s));
+    } else {
+        KILN_TRY(kc_execute(c, 0));
+    }
+    for (int i = 0; i < c->n_out; i++) {
+        int id = c->out_ids[i];
+        KC_CUDA(cudaMemcpyAsync(outputs[i], c->si[id].f32, (size_t)kiln_slot_numel(&p->slots[id]) * 4,
+                                cudaMemcpyDeviceToHost, s));
+    }
+    KC_CUDA(cudaStreamSynchronize(s));
+    return 0;
+}
+
+static void kc_destroy(kiln_backend *be) {
+    if (!be) return;
+    kc_backend *b = (kc_backend *)be->impl;
+    if (b) {
+        for (int i = 0; i < b->n_cache; i++) cudaFree(b->cache[i].dev);
+        free(b->cache);
+        cudaFree(b->staging);
+        if (b->libs.lt) cublasLtDestroy(b->libs.lt);
+        if (b->libs.blas) cublasDestroy(b->libs.blas);
+#ifdef KILN_HAVE_CUDNN
+        if (b->libs.cudnn) cudnnDestroy((cudnnHandle_t)b->libs.cudnn);
+#endif
+        if (b->libs.stream) cudaStreamDestroy(b->libs.stream);
+        free(b);
+    }
+    free(be);
+}
+
+static const kiln_backend_ops kc_ops = {"cuda", kc_compile, kc_run, kc_free_compiled, kc_destroy};
+
+extern "C" int kiln_backend_cuda_create(int device, kiln_backend **out) {
+    *out = NULL;
+    char name[256];
+    int major = 0, minor = 0;
+    KILN_TRY(kiln_cuda_check_device(device, name, sizeof name, &major, &minor));
+    KC_CUDA(cudaSetDevice(device));
+    kiln_backend *be = (kiln_backend *)calloc(1, sizeof *be);
+    kc_backend *b = (kc_backend *)calloc(1, sizeof *b);
+    if (!be || !b) {
+        free(be);
+        free(b);
+        return kiln_error(KILN_ENOMEM, "out of memory");
+    }
+    be->ops = &kc_ops;
+    be->impl = b;
+    b->device = device;
+    snprintf(b->name, sizeof b->name, "%s", name);
+    int rc = 0;
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) b->libs.sm_count = prop.multiProcessorCount;
+    if (cudaStreamCreateWithFlags(&b->libs.stream, cudaStreamNonBlocking) != cudaSuccess)
+        rc = kiln_error(KILN_EBACKEND, "cannot create a CUDA stream on %s", name);
+    else if (cublasLtCreate(&b->libs.lt) != CUBLAS_STATUS_SUCCESS)
+        rc = kiln_error(KILN_EBACKEND, "cannot initialise cuBLASLt on %s", name);
+    else if (cublasCreate(&b->libs.blas) != CUBLAS_STATUS_SUCCESS)
+        rc = kiln_error(KILN_EBACKEND, "cannot initialise cuBLAS on %s", name);
+    if (rc) {
+        kc_destroy(be);
+        return rc;
+    }
+    cublasSetMathMode(b->libs.blas, CUBLAS_DEFAULT_MATH);
+#ifdef KILN_HAVE_CUDNN
+    cudnnHandle_t dnn = NULL;
+    if (!getenv("KILN_CUDA_NO_CUDNN") && cudnnCreate(&dnn) == CUDNN_STATUS_SUCCESS) b->libs.cudnn = dnn;
+#endif
+    *out = be;
+    return 0;
+}
+
+// For tests and benchmarks: which method each convolution/GEMM step chose and its measured time.
+void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
+    for (int i = 0; i < c->n_steps; i++) {
+        const kc_step *st = &c->steps[i];
+        if (st->op < 0) continue;
+        const kiln_op *op = &c->plan->ops[st->op];
+        if (st->has_conv)
+            fprintf(f, "op %4d conv   %-6s %8.3f ms  %s%s\n", st->op,
+                    st->conv.method == KC_CONV_CUDNN ? "cudnn" : st->conv.method == KC_CONV_GEMM ? "gemm" : "im2col",
+                    st->conv.best_ms, op->label, st->residual >= 0 ? " +residual" : "");
+        else if (st->has_gemm)
+            fprintf(f, "op %4d linear %-6s %8.3f ms  %s%s\n", st->op, "lt", st->gemm.best_ms, op->label,
+                    st->residual >= 0 ? " +residual" : "");
+    }
+    fprintf(f, "arena %.1f MiB + scratch %.1f MiB, graph %s\n", c->arena_bytes / 1048576.0,
+            c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");
+}
+
+int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms) {
+    cudaStream_t s = c->be->libs.stream;
+    for (int i = 0; i < warmup; i++) {
+        if (c->exec) KC_CUDA(cudaGraphLaunch(c->exec, s));
+        else KILN_TRY(kc_execute(c, 0));
+    }
+    if (iters < 1) iters = 1;
+    float *t = (float *)malloc((size_t)iters * sizeof(float));
+    if (!t) return kiln_error(KILN_ENOMEM, "out of memory");
+    cudaEvent_t e0, e1;
+    KC_CUDA(cudaEventCreate(&e0));
+    KC_CUDA(cudaEventCreate(&e1));
+    int rc = 0;
+    for (int i = 0; i < iters && rc == 0; i++) {
+        cudaEventRecord(e0, s);
+        if (c->exec) rc = cudaGraphLaunch(c->exec, s) == cudaSuccess ? 0 : kiln_error(KILN_EBACKEND, "graph launch");
+        else rc = kc_execute(c, 0);
+        cudaEventRecord(e1, s);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&t[i], e0, e1);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (rc == 0 && cudaStreamSynchronize(s) != cudaSuccess)
+        rc = kiln_error(KILN_EBACKEND, "timing: %s", cudaGetErrorString(cudaGetLastError()));
+    for (int i = 1; i < iters; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            float x = t[j]; t[j] = t[j - 1]; t[j - 1] = x;
+        }
+    *median_ms = t[iters / 2];
+    *min_ms = t[0];
+    free(t);
+    return rc;
+}
+
+size_t kiln_cuda_mem_used(void) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+    return total_b - free_b;
+}

@@ -1,0 +1,26 @@
+/* cuda_backend.h — extras of the CUDA backend beyond the backend vtable, for tests and benchmarks.
+ * Only available when kiln is built with KILN_CUDA (KILN_HAVE_CUDA defined). */
+#ifndef KILN_BACKEND_CUDA_BACKEND_H
+#define KILN_BACKEND_CUDA_BACKEND_H
+
+#include <stdio.h>
+
+#include "backend/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Prints each convolution / GEMM step's chosen method and tuned time, the arena size and whether
+ * the run is a CUDA graph. c must come from the CUDA backend. */
+void kiln_cuda_describe(const kiln_compiled *c, FILE *f);
+/* Replays the compiled run (without host copies) `iters` times after `warmup` replays, timing each
+ * with CUDA events; writes the median and minimum in milliseconds. */
+int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms);
+/* Device memory in use on the current device (total - free), bytes; for peak-memory reports. */
+size_t kiln_cuda_mem_used(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

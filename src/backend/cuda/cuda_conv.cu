@@ -1,0 +1,354 @@
+// cuda_conv.cu — 2-D convolution on NHWC fp16 activations with [O,kh,kw,C] fp16 weights.
+//
+// Three methods, the fastest chosen by timing at compile time:
+//  - GEMM: a 1x1 stride-1 convolution is a matrix product over pixels, bias and residual fused;
+//  - IM2COL: patches gathered into a [pixels, kh*kw*C] buffer, then one cuBLASLt product with
+//    the bias and the residual fused into its epilogue;
+//  - CUDNN: cuDNN's own tensor-core kernels (algorithm found by cuDNN's timing), with bias and
+//    residual through cudnnConvolutionBiasActivationForward or a small follow-up kernel.
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_internal.h"
+
+#ifdef KILN_HAVE_CUDNN
+#include <cudnn.h>
+#endif
+
+// Above this an im2col buffer costs more memory than it is worth; cuDNN needs none.
+static const size_t kc_im2col_limit = 256u << 20;
+static const size_t kc_cudnn_workspace_limit = 64u << 20;
+
+static size_t kc_im2col_bytes(int N, int C, int kh, int kw, int Ho, int Wo) {
+    return (size_t)N * Ho * Wo * kh * kw * C * sizeof(kc_half);
+}
+
+// col[p, (r*kw + s)*C + c] = x[n, ho*stride - pad + r, wo*stride - pad + s, c] (zero outside)
+__global__ void kc_im2col_kernel(const kc_half *x, kc_half *col, int C, int H, int W, int kh, int kw, int stride,
+                                 int pad, int Ho, int Wo, size_t total, int vec) {
+    int step = vec ? 8 : 1;
+    size_t K = (size_t)kh * kw * C;
+    for (size_t i = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) * step; i < total;
+         i += (size_t)gridDim.x * blockDim.x * step) {
+        size_t p = i / K, k = i % K;
+        int c = (int)(k % C), rs = (int)(k / C), s = rs % kw, r = rs / kw;
+        int wo = (int)(p % Wo), ho = (int)((p / Wo) % Ho), n = (int)(p / ((size_t)Wo * Ho));
+        int hi = ho * stride - pad + r, wi = wo * stride - pad + s;
+        bool inside = hi >= 0 && hi < H && wi >= 0 && wi < W;
+        const kc_half *src = x + (((size_t)n * H + hi) * W + wi) * C + c;
+        if (vec) {
+            uint4 v = inside ? *(const uint4 *)src : make_uint4(0, 0, 0, 0);
+            *(uint4 *)&col[i] = v;
+        } else {
+            col[i] = inside ? *src : __float2half(0.0f);
+        }
+    }
+}
+
+// y[p, o] += bias[o] + res[p, o] (after a cuDNN convolution without fused epilogue)
+__global__ void kc_bias_residual_kernel(kc_half *y, const kc_half *bias, const kc_half *res, int O, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = __half2float(y[i]);
+        if (bias) v += __half2float(bias[i % O]);
+        if (res) v += __half2float(res[i]);
+        y[i] = __float2half(v);
+    }
+}
+
+#ifdef KILN_HAVE_CUDNN
+typedef struct kc_cudnn_state {
+    cudnnTensorDescriptor_t x, y, b;
+    cudnnFilterDescriptor_t w;
+    cudnnConvolutionDescriptor_t conv;
+    cudnnActivationDescriptor_t act;
+    cudnnConvolutionFwdAlgo_t algo;
+    int fused;          // bias (and residual) through cudnnConvolutionBiasActivationForward
+    size_t workspace;
+} kc_cudnn_state;
+
+#define KC_DNN(call)                                                                                  \
+    do {                                                                                              \
+        cudnnStatus_t kc_d_ = (call);                                                                 \
+        if (kc_d_ != CUDNN_STATUS_SUCCESS)                                                            \
+            return kiln_error(KILN_EBACKEND, "%s:%d: %s: %s", __FILE__, __LINE__, #call,             \
+                              cudnnGetErrorString(kc_d_));                                            \
+    } while (0)
+
+static int kc_cudnn_launch(kc_libs *libs, const kc_conv *cv, const kc_cudnn_state *d, const kc_half *x,
+                           const kc_half *w, const kc_half *bias, const kc_half *res, kc_half *y, void *ws) {
+    cudnnHandle_t h = (cudnnHandle_t)libs->cudnn;
+    KC_DNN(cudnnSetStream(h, libs->stream));
+    float one = 1.0f, zero = 0.0f;
+    if (d->fused) {
+        float alpha2 = res ? 1.0f : 0.0f;
+        KC_DNN(cudnnConvolutionBiasActivationForward(h, &one, d->x, x, d->w, w, d->conv, d->algo, ws, d->workspace,
+                                                     &alpha2, d->y, res ? res : y, d->b, bias, d->act, d->y, y));
+        return 0;
+    }
+    KC_DNN(cudnnConvolutionForward(h, &one, d->x, x, d->w, w, d->conv, d->algo, ws, d->workspace, &zero, d->y, y));
+    if (bias || res) {
+        size_t n = (size_t)cv->N * cv->Ho * cv->Wo * cv->O;
+        size_t blocks = (n + 255) / 256;
+        kc_bias_residual_kernel<<<(unsigned)(blocks > 65536 ? 65536 : blocks), 256, 0, libs->stream>>>(y, bias, res,
+                                                                                                    cv->O, n);
+        KC_LAUNCHED("bias_residual");
+    }
+    return 0;
+}
+
+static void kc_cudnn_free(kc_cudnn_state *d) {
+    if (!d) return;
+    if (d->x) cudnnDestroyTensorDescriptor(d->x);
+    if (d->y) cudnnDestroyTensorDescriptor(d->y);
+    if (d->b) cudnnDestroyTensorDescriptor(d->b);
+    if (d->w) cudnnDestroyFilterDescriptor(d->w);
+    if (d->conv) cudnnDestroyConvolutionDescriptor(d->conv);
+    if (d->act) cudnnDestroyActivationDescriptor(d->act);
+    free(d);
+}
+
+static float kc_time_cudnn(kc_libs *libs, const kc_conv *cv, const kc_cudnn_state *d, const kc_half *x,
+                           const kc_half *w, const kc_half *bias, const kc_half *res, kc_half *y, void *ws);
+
+// Sets up cuDNN for this convolution and measures it; leaves *out NULL when cuDNN cannot run it.
+static int kc_cudnn_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
+                        const kc_half *res, kc_half *y, void *scratch, size_t scratch_size, kc_cudnn_state **out,
+                        float *ms) {
+    *out = NULL;
+    *ms = FLT_MAX;
+    if (!libs->cudnn || cv->pad_end) return 0;  // cuDNN pads symmetrically only
+    cudnnHandle_t h = (cudnnHandle_t)libs->cudnn;
+    kc_cudnn_state *d = (kc_cudnn_state *)calloc(1, sizeof *d);
+    if (!d) return kiln_error(KILN_ENOMEM, "out of memory");
+    int rc = 0;
+#define KC_DNN_OR_SKIP(call)                                                                          \
+    do {                                                                                              \
+        if ((call) != CUDNN_STATUS_SUCCESS) goto skip;                                                \
+    } while (0)
+    KC_DNN_OR_SKIP(cudnnSetStream(h, libs->stream));
+    KC_DNN_OR_SKIP(cudnnCreateTensorDescriptor(&d->x));
+    KC_DNN_OR_SKIP(cudnnCreateTensorDescriptor(&d->y));
+    KC_DNN_OR_SKIP(cudnnCreateTensorDescriptor(&d->b));
+    KC_DNN_OR_SKIP(cudnnCreateFilterDescriptor(&d->w));
+    KC_DNN_OR_SKIP(cudnnCreateConvolutionDescriptor(&d->conv));
+    KC_DNN_OR_SKIP(cudnnCreateActivationDescriptor(&d->act));
+    KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, cv->N, cv->C, cv->H, cv->W));
+    KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, cv->N, cv->O, cv->Ho, cv->Wo));
+    KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->b, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, cv->O, 1, 1));
+    KC_DNN_OR_SKIP(cudnnSetFilter4dDescriptor(d->w, CUDNN_DATA_HALF, CUDNN_TENSOR_NHWC, cv->O, cv->C, cv->kh, cv->kw));
+    KC_DNN_OR_SKIP(cudnnSetConvolution2dDescriptor(d->conv, cv->pad, cv->pad, cv->stride, cv->stride, 1, 1,
+                                                   CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    KC_DNN_OR_SKIP(cudnnSetConvolutionMathType(d->conv, CUDNN_TENSOR_OP_MATH));
+    KC_DNN_OR_SKIP(cudnnSetActivationDescriptor(d->act, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+    {
+        size_t ws_limit = scratch_size < kc_cudnn_workspace_limit ? scratch_size : kc_cudnn_workspace_limit;
+        cudnnConvolutionFwdAlgoPerf_t perf[8];
+        int n_perf = 0;
+        KC_DNN_OR_SKIP(cudnnFindConvolutionForwardAlgorithmEx(h, d->x, x, d->w, w, d->conv, d->y, y, 8, &n_perf, perf,
+                                                              scratch, ws_limit));
+        float best = FLT_MAX;
+        for (int i = 0; i < n_perf; i++) {
+            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > ws_limit) continue;
+            // Only deterministic tensor-core-or-default math; the first success is cuDNN's fastest.
+            d->algo = perf[i].algo;
+            d->workspace = perf[i].memory;
+            cudnnSetConvolutionMathType(d->conv, perf[i].mathType);
+            d->fused = 0;
+            best = kc_time_cudnn(libs, cv, d, x, w, bias, res, y, scratch);
+            break;
+        }
+        if (best == FLT_MAX) goto skip;
+        // The fused form (bias + residual in cuDNN) runs only with IMPLICIT_PRECOMP_GEMM and identity.
+        if (bias) {
+            kc_cudnn_state f = *d;
+            f.fused = 1;
+            f.algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM;
+            size_t need = 0;
+            if (cudnnGetConvolutionForwardWorkspaceSize(h, f.x, f.w, f.conv, f.y, f.algo, &need) ==
+                    CUDNN_STATUS_SUCCESS &&
+                need <= ws_limit) {
+                f.workspace = need;
+                float t = kc_time_cudnn(libs, cv, &f, x, w, bias, res, y, scratch);
+                if (t < best) best = t, *d = f;
+            }
+        }
+        kiln_error_clear();
+        *out = d;
+        *ms = best;
+        return 0;
+    }
+skip:
+    kc_cudnn_free(d);
+    kiln_error_clear();
+    cudaGetLastError();
+    return rc;
+#undef KC_DNN_OR_SKIP
+}
+#endif
+
+static int kc_im2col_launch(kc_libs *libs, const kc_conv *cv, const kc_half *x, kc_half *col) {
+    size_t total = kc_im2col_bytes(cv->N, cv->C, cv->kh, cv->kw, cv->Ho, cv->Wo) / sizeof(kc_half);
+    int vec = cv->C % 8 == 0;
+    size_t blocks = (total / (vec ? 8 : 1) + 255) / 256;
+    kc_im2col_kernel<<<(unsigned)(blocks > 1048576 ? 1048576 : (blocks ? blocks : 1)), 256, 0, libs->stream>>>(
+        x, col, cv->C, cv->H, cv->W, cv->kh, cv->kw, cv->stride, cv->pad, cv->Ho, cv->Wo, total, vec);
+    KC_LAUNCHED("im2col");
+    return 0;
+}
+
+static int kc_conv_launch(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
+                          const kc_half *res, kc_half *y, void *scratch) {
+    switch (cv->method) {
+    case KC_CONV_GEMM: return kc_gemm_run(libs, &cv->gemm, x, w, bias, res, y, scratch);
+    case KC_CONV_IM2COL: {
+        KILN_TRY(kc_im2col_launch(libs, cv, x, (kc_half *)scratch));
+        size_t col_bytes = (kc_im2col_bytes(cv->N, cv->C, cv->kh, cv->kw, cv->Ho, cv->Wo) + 255) & ~(size_t)255;
+        return kc_gemm_run(libs, &cv->gemm, (kc_half *)scratch, w, bias, res, y, (char *)scratch + col_bytes);
+    }
+#ifdef KILN_HAVE_CUDNN
+    case KC_CONV_CUDNN:
+        return kc_cudnn_launch(libs, cv, (const kc_cudnn_state *)cv->cudnn_state, x, w, bias, res, y, scratch);
+#endif
+    default: return kiln_error(KILN_EBACKEND, "conv: no method chosen");
+    }
+}
+
+#ifdef KILN_HAVE_CUDNN
+static float kc_time_cudnn(kc_libs *libs, const kc_conv *cv, const kc_cudnn_state *d, const kc_half *x,
+                           const kc_half *w, const kc_half *bias, const kc_half *res, kc_half *y, void *ws) {
+    cudaEvent_t e0, e1;
+    if (cudaEventCreate(&e0) != cudaSuccess) return FLT_MAX;
+    if (cudaEventCreate(&e1) != cudaSuccess) return FLT_MAX;
+    float t[5] = {0}, result = FLT_MAX;
+    int ok = kc_cudnn_launch(libs, cv, d, x, w, bias, res, y, ws) == 0;
+    for (int r = 0; r < 5 && ok; r++) {
+        cudaEventRecord(e0, libs->stream);
+        ok = kc_cudnn_launch(libs, cv, d, x, w, bias, res, y, ws) == 0;
+        cudaEventRecord(e1, libs->stream);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&t[r], e0, e1);
+    }
+    if (ok && cudaStreamSynchronize(libs->stream) == cudaSuccess) {
+        for (int i = 1; i < 5; i++)
+            for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+                float tmp = t[j]; t[j] = t[j - 1]; t[j - 1] = tmp;
+            }
+        result = t[2];
+    }
+    cudaGetLastError();
+    kiln_error_clear();
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return result;
+}
+#endif
+
+size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad, int pad_end) {
+    int Ho = (H + 2 * pad + pad_end - kh) / stride + 1, Wo = (W + 2 * pad + pad_end - kw) / stride + 1;
+    size_t bound = kc_gemm_workspace_bytes;
+    if (!(kh == 1 && kw == 1 && stride == 1 && pad == 0 && pad_end == 0)) {
+        size_t col = kc_im2col_bytes(N, C, kh, kw, Ho, Wo);
+#ifdef KILN_HAVE_CUDNN
+        if (col > kc_im2col_limit && pad_end == 0) col = 0;  // cuDNN only
+        if (bound < kc_cudnn_workspace_limit) bound = kc_cudnn_workspace_limit;
+#endif
+        bound += ((col + 255) & ~(size_t)255);
+    }
+    (void)O;
+    return bound;
+}
+
+int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad,
+                 int pad_end, int has_bias, int has_residual, const kc_half *x, const kc_half *w, const kc_half *bias,
+                 const kc_half *res, kc_half *y, void *scratch, size_t scratch_size) {
+    memset(cv, 0, sizeof *cv);
+    cv->N = N, cv->C = C, cv->H = H, cv->W = W, cv->O = O, cv->kh = kh, cv->kw = kw, cv->stride = stride;
+    cv->pad = pad, cv->pad_end = pad_end, cv->has_bias = has_bias, cv->has_residual = has_residual;
+    cv->Ho = (H + 2 * pad + pad_end - kh) / stride + 1;
+    cv->Wo = (W + 2 * pad + pad_end - kw) / stride + 1;
+    long long pixels = (long long)N * cv->Ho * cv->Wo;
+    const kc_half *b = has_bias ? bias : NULL, *r = has_residual ? res : NULL;
+    if (kh == 1 && kw == 1 && stride == 1 && pad == 0 && pad_end == 0) {
+        cv->method = KC_CONV_GEMM;
+        KILN_TRY(kc_gemm_init(libs, &cv->gemm, (int)pixels, O, C, C, O, has_bias, has_residual, x, w, b, r, y,
+                              scratch, scratch_size));
+        cv->best_ms = cv->gemm.best_ms;
+        cv->scratch = cv->gemm.workspace;
+        return 0;
+    }
+    float best = FLT_MAX;
+    size_t col = kc_im2col_bytes(N, C, kh, kw, cv->Ho, cv->Wo), col_bytes = (col + 255) & ~(size_t)255;
+#ifdef KILN_HAVE_CUDNN
+    kc_cudnn_state *d = NULL;
+    float dnn_ms = FLT_MAX;
+    KILN_TRY(kc_cudnn_try(libs, cv, x, w, b, r, y, scratch, scratch_size, &d, &dnn_ms));
+    int allow_im2col = col <= kc_im2col_limit || !d;
+#else
+    int allow_im2col = 1;
+#endif
+    if (allow_im2col && col_bytes < scratch_size) {
+        kc_conv probe = *cv;
+        probe.method = KC_CONV_IM2COL;
+        int K = kh * kw * C;
+        // Tune the GEMM on a gathered patch buffer, then time the whole method.
+        kc_half *colbuf = (kc_half *)scratch;
+        KILN_TRY(kc_im2col_launch(libs, &probe, x, colbuf));  // tune on real patches, not garbage
+        int rc = kc_gemm_init(libs, &probe.gemm, (int)pixels, O, K, K, O, has_bias, has_residual, colbuf, w, b, r, y,
+                              (char *)scratch + col_bytes, scratch_size - col_bytes);
+        if (rc == 0) {
+            probe.scratch = col_bytes + probe.gemm.workspace;
+            cudaEvent_t e0, e1;
+            KC_CUDA(cudaEventCreate(&e0));
+            KC_CUDA(cudaEventCreate(&e1));
+            float t[5];
+            KILN_TRY(kc_conv_launch(libs, &probe, x, w, b, r, y, scratch));
+            for (int i = 0; i < 5; i++) {
+                cudaEventRecord(e0, libs->stream);
+                KILN_TRY(kc_conv_launch(libs, &probe, x, w, b, r, y, scratch));
+                cudaEventRecord(e1, libs->stream);
+                KC_CUDA(cudaEventSynchronize(e1));
+                cudaEventElapsedTime(&t[i], e0, e1);
+            }
+            cudaEventDestroy(e0);
+            cudaEventDestroy(e1);
+            qsort(t, 5, sizeof t[0], [](const void *a, const void *c) {
+                float p = *(const float *)a, q = *(const float *)c;
+                return (p > q) - (p < q);
+            });
+            best = t[2];
+            *cv = probe;
+        } else {
+            kiln_error_clear();
+        }
+    }
+#ifdef KILN_HAVE_CUDNN
+    if (d && dnn_ms < best) {
+        kc_gemm_destroy(&cv->gemm);
+        cv->method = KC_CONV_CUDNN;
+        cv->cudnn_state = d;
+        cv->scratch = d->workspace;
+        best = dnn_ms;
+    } else {
+        kc_cudnn_free(d);
+    }
+#endif
+    if (best == FLT_MAX)
+        return kiln_error(KILN_EBACKEND, "conv %dx%dx%dx%d -> %d (%dx%d, stride %d, pad %d+%d): no method runs", N, C,
+                          H, W, O, kh, kw, stride, pad, pad_end);
+    cv->best_ms = best;
+    return 0;
+}
+
+int kc_conv_run(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
+                const kc_half *res, kc_half *y, void *scratch) {
+    return kc_conv_launch(libs, cv, x, w, cv->has_bias ? bias : NULL, cv->has_residual ? res : NULL, y, scratch);
+}
+
+void kc_conv_destroy(kc_conv *cv) {
+    kc_gemm_destroy(&cv->gemm);
+#ifdef KILN_HAVE_CUDNN
+    kc_cudnn_free((kc_cudnn_state *)cv->cudnn_state);
+#endif
+    cv->cudnn_state = NULL;
+}

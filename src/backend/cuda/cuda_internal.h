@@ -1,0 +1,138 @@
+// cuda_internal.h — what the CUDA backend's files share: error checks, the element type of
+// activations, and the launchers of each op family (one .cu file per family).
+//
+// Physical layout on the device: a 4-D slot [N,C,H,W] is stored NHWC; every other slot is
+// stored row-major as the plan describes it. Activations are fp16 (kc_half); norms and the
+// softmax accumulate in fp32, matrix products accumulate in fp32.
+#ifndef KILN_BACKEND_CUDA_INTERNAL_H
+#define KILN_BACKEND_CUDA_INTERNAL_H
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "backend/backend.h"
+#include "core/error.h"
+}
+
+typedef __half kc_half;
+
+// Returns KILN_EBACKEND with the failing call, file and line in the message.
+#define KC_CUDA(call)                                                                                 \
+    do {                                                                                              \
+        cudaError_t kc_e_ = (call);                                                                   \
+        if (kc_e_ != cudaSuccess)                                                                     \
+            return kiln_error(KILN_EBACKEND, "%s:%d: %s: %s", __FILE__, __LINE__, #call,             \
+                              cudaGetErrorString(kc_e_));                                             \
+    } while (0)
+#define KC_BLAS(call)                                                                                 \
+    do {                                                                                              \
+        cublasStatus_t kc_s_ = (call);                                                                \
+        if (kc_s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            return kiln_error(KILN_EBACKEND, "%s:%d: %s: cuBLAS status %d", __FILE__, __LINE__, #call, \
+                              (int)kc_s_);                                                            \
+    } while (0)
+// After a kernel launch: reports a bad launch configuration at once.
+#define KC_LAUNCHED(what) KC_CUDA(cudaPeekAtLastError())
+
+extern "C" int kiln_cuda_check_device(int device, char *name, size_t name_size, int *cc_major, int *cc_minor);
+
+// Libraries shared by all compiled plans of one backend.
+typedef struct kc_libs {
+    cublasLtHandle_t lt;
+    cublasHandle_t blas;
+    void *cudnn;            // cudnnHandle_t, or NULL when built without cuDNN
+    cudaStream_t stream;
+    int sm_count;
+} kc_libs;
+
+// ---- GEMM (cuda_gemm.cu): Y[M,N] (row stride ldy) = X[M,K] (row stride ldx) W[N,K]^T + bias[N] + R[M,N]
+typedef struct kc_gemm {
+    int M, N, K, ldx, ldy;
+    int has_bias, has_residual;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+    size_t workspace;       // bytes the chosen algorithm needs
+    float best_ms;          // time measured while choosing
+} kc_gemm;
+
+// Prepares and tunes (times up to 8 candidate algorithms on the given buffers, which must hold
+// finite data). ws/ws_size: scratch the candidates may use.
+int kc_gemm_init(kc_libs *libs, kc_gemm *g, int M, int N, int K, int ldx, int ldy, int has_bias, int has_residual,
+                 const kc_half *X, const kc_half *W, const kc_half *bias, const kc_half *R, kc_half *Y, void *ws,
+                 size_t ws_size);
+int kc_gemm_run(kc_libs *libs, const kc_gemm *g, const kc_half *X, const kc_half *W, const kc_half *bias,
+                const kc_half *R, kc_half *Y, void *ws);
+void kc_gemm_destroy(kc_gemm *g);
+// Batched strided product for the attention fallback (cuBLAS): per batch i,
+// C_i[m,n] (fp32 or fp16 per c_f32) = alpha * A_i[m,k] * op(B_i), row-major with leading dims.
+int kc_gemm_batched(kc_libs *libs, int m, int n, int k, float alpha, const kc_half *A, int lda, long long sa,
+                    const kc_half *B, int ldb, long long sb, int b_transposed, void *C, int ldc, long long sc,
+                    int c_f32, int batch);
+
+// ---- convolution (cuda_conv.cu): NHWC fp16, weight [O,kh,kw,C]
+typedef struct kc_conv {
+    int N, C, H, W, O, kh, kw, stride, pad, pad_end, Ho, Wo;  // pad before, pad + pad_end after
+    int has_bias, has_residual;
+    int method;             // KC_CONV_GEMM (1x1 stride 1), KC_CONV_IM2COL, KC_CONV_CUDNN
+    kc_gemm gemm;           // GEMM and IM2COL methods
+    void *cudnn_state;      // descriptors and algorithm for KC_CONV_CUDNN
+    size_t scratch;         // bytes of scratch needed (im2col buffer / cuDNN workspace / GEMM workspace)
+    float best_ms;
+} kc_conv;
+enum { KC_CONV_GEMM = 1, KC_CONV_IM2COL = 2, KC_CONV_CUDNN = 3 };
+
+// Scratch the conv may need before tuning (im2col buffer + GEMM workspace), for sizing the arena.
+size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad, int pad_end);
+int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad,
+                 int pad_end, int has_bias, int has_residual, const kc_half *x, const kc_half *w, const kc_half *bias,
+                 const kc_half *res, kc_half *y, void *scratch, size_t scratch_size);
+int kc_conv_run(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
+                const kc_half *res, kc_half *y, void *scratch);
+void kc_conv_destroy(kc_conv *cv);
+extern const size_t kc_gemm_workspace_bytes;
+
+// ---- norms (cuda_norm.cu)
+// GroupNorm over x laid out as element (n, c, p) at n*sn + c*sc + p*sp (p = spatial index, P of them).
+// partials: scratch of kc_group_norm_scratch(N, G) bytes.
+size_t kc_group_norm_scratch(int N, int G);
+int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, int N, int C,
+                  int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials);
+int kc_layer_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, long long rows,
+                  int C, float eps);
+
+// ---- attention (cuda_attention.cu): q/k/v rows of H*D halves with row strides (elements).
+int kc_attention_flash_supported(int D);
+int kc_attention_flash(cudaStream_t s, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
+                       int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
+                       float scale, int causal);
+size_t kc_attention_fallback_scratch(int H, int Lq, int Lk);
+int kc_attention_fallback(kc_libs *libs, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
+                          int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
+                          float scale, int causal, void *scratch);
+
+// ---- elementwise (cuda_elementwise.cu)
+int kc_fill_random(cudaStream_t s, kc_half *x, size_t n, uint32_t seed, float amplitude);
+// fp32 in the logical layout -> fp16 in the physical layout (NCHW -> NHWC when nhwc), and back.
+int kc_f32_to_half(cudaStream_t s, const float *src, kc_half *dst, int nhwc, int N, int C, int H, int W, size_t n);
+int kc_half_to_f32(cudaStream_t s, const kc_half *src, float *dst, int nhwc, int N, int C, int H, int W, size_t n);
+int kc_activation(cudaStream_t s, const kc_half *x, kc_half *y, size_t n, int act, float scale);
+int kc_geglu(cudaStream_t s, const kc_half *x, kc_half *y, long long rows, int N);
+// out = a + b; b has nb elements; when nb < n, b repeats over a's logical layout (see plan.h), and
+// a_desc/b_desc give the logical shapes (ndim and dims) to map physical NHWC positions.
+int kc_add(cudaStream_t s, const kc_half *a, const kc_half *b, kc_half *y, size_t n, size_t nb, int a_ndim,
+           const int64_t *a_shape, int b_ndim, const int64_t *b_shape);
+int kc_add_channel(cudaStream_t s, const kc_half *x, const kc_half *e, kc_half *y, int N, int C, long long HW);
+int kc_upsample_nearest(cudaStream_t s, const kc_half *x, kc_half *y, int N, int C, int H, int W, int Ho, int Wo,
+                        int ldy);
+int kc_copy_channels(cudaStream_t s, const kc_half *x, int ldx, int x_start, kc_half *y, int ldy, int y_start,
+                     long long rows, int count);
+int kc_timestep_embed(cudaStream_t s, const void *t, int t_is_f32, int t_is_i32, kc_half *y, int N, int dim,
+                      float max_period);
+
+#endif

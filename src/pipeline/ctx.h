@@ -27,6 +27,8 @@ struct kiln_ctx {
     char *embeddings_dir, *lora_dir;
     int n_plans, cap_plans;
     kiln_cached_plan *plans;
+    char model_hash[11];           /* A1111 "Model hash", computed on first use (hashing a checkpoint takes seconds) */
+    int model_hash_done;
 };
 
 /* The compiled plan for a network at a shape, built and compiled on first use. */

@@ -97,6 +97,21 @@ typedef struct kiln_gen_params {
     double eta;                    /* < 0 = the sampler's A1111 default */
     double s_min_uncond;           /* A1111 "negative guidance minimum sigma" (0 = off) */
     int64_t ensd;                  /* eta noise seed delta (0) */
+    /* img2img and inpainting (A1111 StableDiffusionProcessingImg2Img); init_rgb NULL = txt2img */
+    const uint8_t *init_rgb;       /* init image, RGB8 [init_height][init_width][3]; resized to width x height */
+    int init_width, init_height;
+    const uint8_t *mask_l;         /* inpainting mask, L8 [init_height][init_width], 255 = repaint; NULL = none */
+    double denoising_strength;     /* 0.75; img2img, inpainting and the hires pass */
+    int resize_mode;               /* 0 just resize (default), 1 crop and resize, 2 resize and fill */
+    int mask_blur;                 /* Gaussian mask blur sigma in px (4) */
+    int inpainting_fill;           /* masked content: 1 original (default), 2 latent noise, 3 latent nothing
+                                      (0 "fill" is refused) */
+    int inpaint_full_res;          /* 0 whole picture (1 "only masked" is refused) */
+    /* hires fix (txt2img enable_hr with latent upscalers) */
+    double hr_scale;               /* 0 = off; else the second pass runs at int(width*hr_scale) x int(height*hr_scale) */
+    const char *hr_upscaler;       /* "Latent" (default), "Latent (nearest)", "Latent (nearest-exact)",
+                                      "Latent (bicubic)" */
+    int hr_steps;                  /* hires steps (A1111 hr_second_pass_steps); 0 = steps */
 } kiln_gen_params;
 
 /* Fills p with A1111's txt2img defaults (prompt "" and the values in the comments above). */
@@ -113,7 +128,8 @@ typedef struct kiln_gen_image {
 /* Progress: called after every sampler step; return nonzero to cancel (KILN_ECANCELLED). */
 typedef int (*kiln_progress_fn)(void *user, int batch_index, int step, int total_steps);
 
-/* txt2img: generates batch_size x batch_count images into *images (an array of *n_images, freed with
+/* txt2img (with hires fix when hr_scale > 0), img2img (init_rgb set) or inpainting (init_rgb and mask_l
+ * set): generates batch_size x batch_count images into *images (an array of *n_images, freed with
  * kiln_gen_images_free). Fails with a message naming the offending field for invalid parameters. */
 int kiln_generate(kiln_ctx *ctx, const kiln_gen_params *params, kiln_progress_fn progress, void *user,
                   kiln_gen_image **images, int *n_images);

@@ -7,6 +7,7 @@
 #include "core/sha256.h"
 #include "io/image.h"
 #include "io/infotext.h"
+#include "pipeline/hires.h"
 #include "pipeline/txt2img.h"
 #include "sample/rng.h"
 #include "sample/seeds.h"
@@ -56,10 +57,12 @@ static int make_infotext(kiln_ctx *ctx, const kiln_gen_params *p, const kiln_sam
     kiln_rng_source_parse(p->rng ? p->rng : "GPU", &src);
     ip.rng = kiln_rng_source_name(src); /* "NV"/"CPU" as A1111 spells them; "GPU" is omitted */
     char smu[32];
-    kiln_infotext_kv extra[2];
+    kiln_infotext_kv extra[8];
     if (p->s_min_uncond > 0) {
         extra[ip.n_extra++] = (kiln_infotext_kv){"NGMS", kiln_infotext_float(p->s_min_uncond, 0, smu)};
     }
+    char ext_bufs[4][32];
+    kiln_generate_ext_infotext(p, &ip, extra, 8, ext_bufs); /* img2img / inpainting / hires fix keys */
     ip.version = "kiln 0.1.0";
     ip.extra = extra;
     return kiln_infotext_format(&ip, out);
@@ -69,6 +72,9 @@ int kiln_generate(kiln_ctx *ctx, const kiln_gen_params *p, kiln_progress_fn prog
                   kiln_gen_image **images, int *n_images) {
     if (!ctx || !p || !images || !n_images) return kiln_error(KILN_EINVAL, "kiln_generate: missing argument");
     KILN_TRY(kiln_gen_params_check(ctx, p));
+    KILN_TRY(kiln_generate_ext_check(p));
+    int out_w = p->width, out_h = p->height;
+    const int ext = kiln_generate_ext_size(p, &out_w, &out_h); /* img2img, inpainting or hires fix */
     const int total = p->batch_size * p->batch_count, B = p->batch_size;
     int64_t seed, subseed;
     KILN_TRY(kiln_seed_resolve(p->seed, &seed));
@@ -77,20 +83,24 @@ int kiln_generate(kiln_ctx *ctx, const kiln_gen_params *p, kiln_progress_fn prog
     kiln_gen_image *out = calloc((size_t)total, sizeof *out);
     const int h = p->height / 8, w = p->width / 8, C = ctx->model->config.unet.in_channels;
     float *latents = malloc(sizeof(float) * (size_t)B * C * h * w);
-    uint8_t *rgb = malloc((size_t)B * p->width * p->height * 3);
+    uint8_t *rgb = malloc((size_t)B * out_w * out_h * 3);
     int rc = seeds && subseeds && out && latents && rgb ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
     if (rc == KILN_OK) kiln_seeds_expand(seed, subseed, p->subseed_strength, total, seeds, subseeds);
     for (int b = 0; rc == KILN_OK && b < p->batch_count; b++) {
         kiln_sample_trace tr = {0};
-        rc = kiln_txt2img_sample(ctx, p, seeds + b * B, subseeds + b * B, B, b, progress, user, latents, &tr);
-        if (rc == KILN_OK) rc = kiln_decode_latents(ctx, latents, B, h, w, NULL, rgb);
+        if (ext) {
+            rc = kiln_generate_ext_batch(ctx, p, seeds + b * B, subseeds + b * B, B, b, progress, user, rgb, &tr);
+        } else {
+            rc = kiln_txt2img_sample(ctx, p, seeds + b * B, subseeds + b * B, B, b, progress, user, latents, &tr);
+            if (rc == KILN_OK) rc = kiln_decode_latents(ctx, latents, B, h, w, NULL, rgb);
+        }
         for (int i = 0; rc == KILN_OK && i < B; i++) {
             kiln_gen_image *im = &out[b * B + i];
-            im->width = p->width;
-            im->height = p->height;
+            im->width = out_w;
+            im->height = out_h;
             im->seed = seeds[b * B + i];
             im->subseed = subseeds[b * B + i];
-            size_t bytes = (size_t)p->width * p->height * 3;
+            size_t bytes = (size_t)out_w * out_h * 3;
             im->rgb = malloc(bytes);
             if (!im->rgb) {
                 rc = kiln_error(KILN_ENOMEM, "out of memory");

@@ -30,6 +30,10 @@ void kiln_gen_params_init(kiln_gen_params *p) {
     p->clip_skip = 1;
     p->rng = "GPU";
     p->eta = -1;
+    p->denoising_strength = 0.75; /* img2img / inpainting / hires fix (img2img.c, hires.c) */
+    p->mask_blur = 4;
+    p->inpainting_fill = 1;
+    p->hr_upscaler = "Latent";
 }
 
 void kiln_sample_trace_free(kiln_sample_trace *t) {

@@ -1,0 +1,218 @@
+/* hires.c — txt2img hires fix with latent upscalers (see hires.h); follows A1111 v1.9.4 processing.py
+ * (StableDiffusionProcessingTxt2Img.init / calculate_target_resolution / sample_hr_pass) and PyTorch's
+ * upsample kernels for the interpolation. */
+#include "pipeline/hires.h"
+
+#include <stdio.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/error.h"
+
+typedef enum upscale_mode { UP_BILINEAR, UP_NEAREST, UP_NEAREST_EXACT, UP_BICUBIC } upscale_mode;
+
+/* shared.latent_upscale_modes; the antialiased variants are not implemented. */
+static const struct {
+    const char *name;
+    upscale_mode mode;
+} upscalers[] = {
+    {"Latent", UP_BILINEAR},
+    {"Latent (bicubic)", UP_BICUBIC},
+    {"Latent (nearest)", UP_NEAREST},
+    {"Latent (nearest-exact)", UP_NEAREST_EXACT},
+};
+
+static int find_upscaler(const char *name, upscale_mode *mode) {
+    const char *n = name && *name ? name : "Latent";
+    for (size_t i = 0; i < sizeof upscalers / sizeof upscalers[0]; i++)
+        if (!strcasecmp(n, upscalers[i].name)) {
+            *mode = upscalers[i].mode;
+            return KILN_OK;
+        }
+    return kiln_error(KILN_EUNSUPPORTED,
+                      "hr_upscaler: '%s' is not supported (kiln has Latent, Latent (bicubic), Latent (nearest), "
+                      "Latent (nearest-exact))",
+                      n);
+}
+
+int kiln_hires_enabled(const kiln_gen_params *p, int *hr_width, int *hr_height) {
+    if (!(p->hr_scale > 0) || p->init_rgb) return 0;
+    int w = (int)(p->width * p->hr_scale), h = (int)(p->height * p->hr_scale);
+    if (w == p->width && h == p->height) return 0; /* A1111 disables hires fix when it would change nothing */
+    *hr_width = w;
+    *hr_height = h;
+    return 1;
+}
+
+int kiln_hires_check(const kiln_gen_params *p) {
+    if (!(p->hr_scale > 0)) {
+        if (p->hr_scale < 0 || isnan(p->hr_scale)) return kiln_error(KILN_EINVAL, "hr_scale: %g is negative", p->hr_scale);
+        return KILN_OK;
+    }
+    if (p->init_rgb) return kiln_error(KILN_EINVAL, "hr_scale: hires fix is a txt2img option, not img2img's");
+    if (!(p->hr_scale <= 16)) return kiln_error(KILN_EINVAL, "hr_scale: %g is not between 0 and 16", p->hr_scale);
+    upscale_mode m = UP_BILINEAR;
+    KILN_TRY(find_upscaler(p->hr_upscaler, &m));
+    if (p->hr_steps < 0 || p->hr_steps > 10000) return kiln_error(KILN_EINVAL, "hr_steps: %d is not between 0 and 10000", p->hr_steps);
+    if (!(p->denoising_strength > 0 && p->denoising_strength <= 1))
+        return kiln_error(KILN_EINVAL, "denoising_strength: %g is not in (0, 1] (the hires pass needs steps)",
+                          p->denoising_strength);
+    int hw, hh;
+    if (kiln_hires_enabled(p, &hw, &hh) && (hw < 8 || hh < 8 || hw > 16384 || hh > 16384))
+        return kiln_error(KILN_EINVAL, "hr_scale: %g gives %dx%d, not between 8 and 16384", p->hr_scale, hw, hh);
+    return KILN_OK;
+}
+
+/* PyTorch's cubic convolution weights (A = -0.75) for a fraction t. */
+static void cubic_weights(float t, float c[4]) {
+    const float A = -0.75f;
+    float x1 = t + 1.0f, x2 = 1.0f - t, x3 = x2 + 1.0f;
+    c[0] = ((A * x1 - 5 * A) * x1 + 8 * A) * x1 - 4 * A;
+    c[1] = ((A + 2) * t - (A + 3)) * t * t + 1;
+    c[2] = ((A + 2) * x2 - (A + 3)) * x2 * x2 + 1;
+    c[3] = ((A * x3 - 5 * A) * x3 + 8 * A) * x3 - 4 * A;
+}
+
+static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+int kiln_latent_upscale(const char *upscaler, const float *in, int n, int h, int w, int out_h, int out_w, float *out) {
+    upscale_mode mode = UP_BILINEAR;
+    KILN_TRY(find_upscaler(upscaler, &mode));
+    if (h < 1 || w < 1 || out_h < 1 || out_w < 1) return kiln_error(KILN_EINVAL, "latent upscale: empty size");
+    /* align_corners False with an output size: scale = in / out in float32 */
+    const float sy = (float)h / (float)out_h, sx = (float)w / (float)out_w;
+    for (int p = 0; p < n; p++) {
+        const float *src = in + (size_t)p * h * w;
+        float *dst = out + (size_t)p * out_h * out_w;
+        for (int oy = 0; oy < out_h; oy++)
+            for (int ox = 0; ox < out_w; ox++) {
+                float v;
+                if (mode == UP_NEAREST || mode == UP_NEAREST_EXACT) {
+                    float off = mode == UP_NEAREST_EXACT ? 0.5f : 0.0f;
+                    int iy = (int)floorf((oy + off) * sy), ix = (int)floorf((ox + off) * sx);
+                    v = src[(size_t)(iy < h - 1 ? iy : h - 1) * w + (ix < w - 1 ? ix : w - 1)];
+                } else if (mode == UP_BILINEAR) {
+                    float fy = sy * (oy + 0.5f) - 0.5f, fx = sx * (ox + 0.5f) - 0.5f;
+                    if (fy < 0) fy = 0;
+                    if (fx < 0) fx = 0;
+                    int y0 = (int)fy, x0 = (int)fx;
+                    int y1 = y0 + (y0 < h - 1), x1 = x0 + (x0 < w - 1);
+                    float ly1 = fy - y0, lx1 = fx - x0;
+                    if (ly1 > 1) ly1 = 1;
+                    if (lx1 > 1) lx1 = 1;
+                    float ly0 = 1.0f - ly1, lx0 = 1.0f - lx1;
+                    v = ly0 * (lx0 * src[(size_t)y0 * w + x0] + lx1 * src[(size_t)y0 * w + x1]) +
+                        ly1 * (lx0 * src[(size_t)y1 * w + x0] + lx1 * src[(size_t)y1 * w + x1]);
+                } else {
+                    float fy = sy * (oy + 0.5f) - 0.5f, fx = sx * (ox + 0.5f) - 0.5f;
+                    int iy = (int)floorf(fy), ix = (int)floorf(fx);
+                    float cy[4], cx[4], rows[4];
+                    cubic_weights(fy - iy, cy);
+                    cubic_weights(fx - ix, cx);
+                    for (int j = 0; j < 4; j++) {
+                        const float *r = src + (size_t)clampi(iy - 1 + j, 0, h - 1) * w;
+                        rows[j] = r[clampi(ix - 1, 0, w - 1)] * cx[0] + r[clampi(ix, 0, w - 1)] * cx[1] +
+                                  r[clampi(ix + 1, 0, w - 1)] * cx[2] + r[clampi(ix + 2, 0, w - 1)] * cx[3];
+                    }
+                    v = rows[0] * cy[0] + rows[1] * cy[1] + rows[2] * cy[2] + rows[3] * cy[3];
+                }
+                dst[(size_t)oy * out_w + ox] = v;
+            }
+    }
+    return KILN_OK;
+}
+
+int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds, int batch,
+                      int batch_index, kiln_progress_fn progress, void *user, float *latents, kiln_hires_out *out,
+                      kiln_sample_trace *trace) {
+    KILN_TRY(kiln_hires_check(p));
+    int hr_w, hr_h;
+    if (!kiln_hires_enabled(p, &hr_w, &hr_h)) return kiln_error(KILN_EINVAL, "hr_scale: hires fix is off");
+    const int C = ctx->model->config.unet.in_channels, h = p->height / 8, w = p->width / 8, H = hr_h / 8, W = hr_w / 8;
+    float *first = malloc(sizeof(float) * batch * C * h * w), *up = malloc(sizeof(float) * batch * C * H * W);
+    int rc = first && up ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+    kiln_sample_trace tr1 = {0};
+    if (rc == KILN_OK) rc = kiln_txt2img_sample(ctx, p, seeds, subseeds, batch, batch_index, progress, user, first, &tr1);
+    if (rc == KILN_OK) rc = kiln_latent_upscale(p->hr_upscaler, first, batch * C, h, w, H, W, up);
+    const int hr_steps = p->hr_steps > 0 ? p->hr_steps : p->steps;
+    /* sample_img2img(steps = hr_second_pass_steps or steps) takes the fixed-steps branch; hr conds use
+       firstpass_steps and the hires total steps for prompt schedules */
+    kiln_img2img_run run = {.init_latent = up, .lat_h = H, .lat_w = W, .steps = hr_steps, .fixed_steps = 1,
+                            .denoising_strength = p->denoising_strength, .cond_steps = kiln_cond_total_steps(p, p->steps),
+                            .cond_hires_steps = kiln_cond_total_steps(p, hr_steps)};
+    if (rc == KILN_OK)
+        rc = kiln_img2img_sample(ctx, p, &run, seeds, subseeds, batch, batch_index, progress, user, latents, trace);
+    if (rc == KILN_OK && out) {
+        if (out->first_pass) memcpy(out->first_pass, first, sizeof(float) * batch * C * h * w);
+        if (out->upscaled) memcpy(out->upscaled, up, sizeof(float) * batch * C * H * W);
+    }
+    if (out && out->first) *out->first = tr1;
+    else kiln_sample_trace_free(&tr1);
+    free(first), free(up);
+    return rc;
+}
+
+/* ---- kiln_generate hooks ------------------------------------------------------------------------ */
+
+int kiln_generate_ext_size(const kiln_gen_params *p, int *out_w, int *out_h) {
+    int w, h;
+    if (p->init_rgb) {
+        *out_w = p->width;
+        *out_h = p->height;
+        return 1;
+    }
+    if (kiln_hires_enabled(p, &w, &h)) {
+        /* the decoded latent of (size // 8) */
+        *out_w = w / 8 * 8;
+        *out_h = h / 8 * 8;
+        return 1;
+    }
+    return 0;
+}
+
+int kiln_generate_ext_check(const kiln_gen_params *p) {
+    KILN_TRY(kiln_img2img_check(p));
+    return kiln_hires_check(p);
+}
+
+int kiln_generate_ext_batch(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds,
+                            int batch, int batch_index, kiln_progress_fn progress, void *user, uint8_t *rgb,
+                            kiln_sample_trace *trace) {
+    if (p->init_rgb)
+        return kiln_img2img_batch(ctx, p, seeds, subseeds, batch, batch_index, progress, user, NULL, rgb, NULL, trace);
+    int hr_w, hr_h;
+    if (!kiln_hires_enabled(p, &hr_w, &hr_h)) return kiln_error(KILN_EINVAL, "kiln_generate_ext_batch: plain txt2img");
+    const int C = ctx->model->config.unet.in_channels, H = hr_h / 8, W = hr_w / 8;
+    float *lat = malloc(sizeof(float) * batch * C * H * W);
+    if (!lat) return kiln_error(KILN_ENOMEM, "out of memory");
+    int rc = kiln_hires_sample(ctx, p, seeds, subseeds, batch, batch_index, progress, user, lat, NULL, trace);
+    if (rc == KILN_OK) rc = kiln_decode_latents(ctx, lat, batch, H, W, NULL, rgb);
+    free(lat);
+    return rc;
+}
+
+void kiln_generate_ext_infotext(const kiln_gen_params *p, kiln_infotext_params *ip, kiln_infotext_kv *extra, int cap,
+                                char bufs[4][32]) {
+    int hw, hh;
+    const int hires = kiln_hires_enabled(p, &hw, &hh);
+    if (!p->init_rgb && !hires) return;
+    ip->has_denoising_strength = 1;
+    ip->denoising_strength = p->denoising_strength;
+    const int pf = ip->python_floats;
+    if (hires && ip->n_extra + 3 <= cap) {
+        extra[ip->n_extra++] = (kiln_infotext_kv){"Hires upscale", kiln_infotext_float(p->hr_scale, pf, bufs[0])};
+        if (p->hr_steps > 0) {
+            snprintf(bufs[1], 32, "%d", p->hr_steps);
+            extra[ip->n_extra++] = (kiln_infotext_kv){"Hires steps", bufs[1]};
+        }
+        extra[ip->n_extra++] = (kiln_infotext_kv){"Hires upscaler", p->hr_upscaler && *p->hr_upscaler ? p->hr_upscaler : "Latent"};
+    }
+    if (p->init_rgb && p->mask_l && ip->n_extra + 2 <= cap) {
+        snprintf(bufs[2], 32, "%d", p->mask_blur);
+        extra[ip->n_extra++] = (kiln_infotext_kv){"Mask blur", bufs[2]};
+        if (p->inpainting_fill == 2) extra[ip->n_extra++] = (kiln_infotext_kv){"Masked content", "latent noise"};
+        if (p->inpainting_fill == 3) extra[ip->n_extra++] = (kiln_infotext_kv){"Masked content", "latent nothing"};
+    }
+}

@@ -1,0 +1,365 @@
+/* img2img.c — A1111 v1.9.4 img2img and inpainting (see img2img.h): processing.py
+ * StableDiffusionProcessingImg2Img.init/sample, sd_samplers_kdiffusion.py / sd_samplers_timesteps.py
+ * sample_img2img, sd_samplers_common.setup_img2img_steps. */
+#include "pipeline/img2img.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "pipeline/denoiser.h"
+#include "pipeline/mask.h"
+#include "sample/brownian.h"
+#include "sample/rng.h"
+#include "sample/schedulers.h"
+#include "sample/seeds.h"
+
+int kiln_vae_encode(kiln_ctx *ctx, const uint8_t *rgb, int width, int height, float *mean, float *logvar) {
+    if (width < 8 || height < 8 || width % 8 || height % 8)
+        return kiln_error(KILN_EINVAL, "vae encode: %dx%d is not a multiple of 8", width, height);
+    const int z = ctx->model->config.vae.z_channels;
+    const size_t hw = (size_t)width * height, nl = (size_t)z * (height / 8) * (width / 8);
+    kiln_cached_plan *cp = NULL;
+    KILN_TRY(kiln_ctx_plan(ctx, KILN_NET_VAE_ENCODER, 1, height, width, 0, &cp));
+    float *img = malloc(sizeof(float) * 3 * hw);
+    if (!img) return kiln_error(KILN_ENOMEM, "out of memory encoding a %dx%d image", width, height);
+    /* A1111: np.float32(u8) / 255, then image * 2 - 1 (float32) */
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < hw; i++) img[c * hw + i] = (float)rgb[i * 3 + c] / 255.0f * 2.0f - 1.0f;
+    const char *names[3] = {"image", "mean", "logvar"};
+    void *bufs[3] = {img, mean, logvar};
+    int rc = kiln_ctx_run(ctx, cp, 3, names, bufs);
+    free(img);
+    for (size_t i = 0; rc == KILN_OK && i < nl; i++) logvar[i] = logvar[i] < -30.0f ? -30.0f : logvar[i] > 20.0f ? 20.0f : logvar[i];
+    return rc;
+}
+
+void kiln_vae_posterior_sample(double scale, const float *mean, const float *logvar, const float *eps, size_t n,
+                               float *latent) {
+    const float s = (float)scale;
+    for (size_t i = 0; i < n; i++) latent[i] = s * (mean[i] + expf(0.5f * logvar[i]) * eps[i]);
+}
+
+void kiln_vae_posterior_noise(int64_t seed, size_t n, float *eps) {
+    kiln_torch_cpu g;
+    kiln_torch_cpu_init(&g, (uint64_t)seed);
+    kiln_torch_cpu_randn(&g, eps, n);
+}
+
+void kiln_img2img_steps(int steps, double strength, int fixed, int *schedule_steps, int *t_enc) {
+    double s = strength < 0.999 ? strength : 0.999;
+    if (fixed) {
+        *schedule_steps = strength > 0 ? (int)(steps / s) : 0;
+        *t_enc = steps - 1;
+    } else {
+        *schedule_steps = steps;
+        *t_enc = (int)(s * steps);
+    }
+}
+
+int kiln_cond_total_steps(const kiln_gen_params *p, int steps) {
+    const kiln_sampler_info *s;
+    char sched[32];
+    if (kiln_sampler_lookup(p->sampler ? p->sampler : "DPM++ 2M", &s, sched, sizeof sched)) return steps;
+    return s->second_order ? 2 * steps : steps;
+}
+
+int kiln_img2img_check(const kiln_gen_params *p) {
+    if (!(p->denoising_strength >= 0 && p->denoising_strength <= 1))
+        return kiln_error(KILN_EINVAL, "denoising_strength: %g is not between 0 and 1", p->denoising_strength);
+    if (!p->init_rgb) {
+        if (p->mask_l) return kiln_error(KILN_EINVAL, "mask: inpainting needs an init image");
+        return KILN_OK;
+    }
+    if (p->init_width < 1 || p->init_height < 1 || p->init_width > 16384 || p->init_height > 16384)
+        return kiln_error(KILN_EINVAL, "init image: bad size %dx%d", p->init_width, p->init_height);
+    if (p->resize_mode < 0 || p->resize_mode > 2)
+        return kiln_error(p->resize_mode == 3 ? KILN_EUNSUPPORTED : KILN_EINVAL,
+                          "resize_mode: %d is not supported (0 just resize, 1 crop and resize, 2 resize and fill)",
+                          p->resize_mode);
+    if (p->hr_scale > 0) return kiln_error(KILN_EINVAL, "hr_scale: hires fix is a txt2img option, not img2img's");
+    if (p->mask_l) {
+        if (p->mask_blur < 0 || p->mask_blur > 64) return kiln_error(KILN_EINVAL, "mask_blur: %d is not between 0 and 64", p->mask_blur);
+        if (p->inpainting_fill < 0 || p->inpainting_fill > 3)
+            return kiln_error(KILN_EINVAL, "inpainting_fill: %d is not 0..3", p->inpainting_fill);
+        if (p->inpainting_fill == 0)
+            return kiln_error(KILN_EUNSUPPORTED,
+                              "inpainting_fill: 0 (fill) is not supported (use 1 original, 2 latent noise, 3 latent nothing)");
+        if (p->inpaint_full_res)
+            return kiln_error(KILN_EUNSUPPORTED, "inpaint_full_res: \"only masked\" is not supported (use 0, whole picture)");
+    }
+    return KILN_OK;
+}
+
+/* ---- sampling: the txt2img glue (txt2img.c) with a start latent and a schedule slice ---------- */
+
+/* The sampler and scheduler as A1111 resolves them (same rules as txt2img.c). */
+static int resolve(const kiln_gen_params *p, const kiln_sampler_info **s, kiln_scheduler *sched, int *automatic) {
+    char from_name[32];
+    KILN_TRY(kiln_sampler_lookup(p->sampler ? p->sampler : "DPM++ 2M", s, from_name, sizeof from_name));
+    const char *want = p->scheduler && *p->scheduler ? p->scheduler : "Automatic";
+    KILN_TRY(kiln_scheduler_find(want, sched));
+    if (*sched == KILN_SCHED_AUTOMATIC && from_name[0]) KILN_TRY(kiln_scheduler_find(from_name, sched));
+    *automatic = *sched == KILN_SCHED_AUTOMATIC;
+    if (*automatic && (*s)->default_scheduler) KILN_TRY(kiln_scheduler_find((*s)->default_scheduler, sched));
+    return KILN_OK;
+}
+
+typedef struct run_state {
+    kiln_cfg_denoiser *denoiser;
+    kiln_image_rng *rng;
+    kiln_brownian *brownian;
+    kiln_progress_fn progress;
+    void *progress_user;
+    int batch_index;
+} run_state;
+
+static int cb_denoise(void *u, const float *x, double s, float *d) { return kiln_cfg_denoise(((run_state *)u)->denoiser, x, s, d); }
+static int cb_eps(void *u, const float *x, double t, float *e) { return kiln_cfg_eps(((run_state *)u)->denoiser, x, t, e); }
+static int cb_randn(void *u, float *out) {
+    kiln_image_rng_next(((run_state *)u)->rng, out);
+    return KILN_OK;
+}
+static int cb_brownian(void *u, double s, double sn, float *out) {
+    return kiln_brownian_noise(((run_state *)u)->brownian, (float)s, (float)sn, out);
+}
+static int cb_step(void *u, int step, int total, const float *x, const float *den) {
+    (void)x, (void)den;
+    run_state *r = u;
+    return r->progress ? r->progress(r->progress_user, r->batch_index, step + 1, total) : 0;
+}
+
+/* k-diffusion samplers: sigmas(schedule_steps)[schedule_steps - t_enc - 1:], x = init + noise * sigmas[0]. */
+static int sample_kdiffusion(kiln_ctx *ctx, const kiln_sampler_info *s, kiln_scheduler sched_id,
+                             const kiln_schedule *schedule, kiln_rng_source src, const int64_t *seeds, int batch,
+                             int schedule_steps, int t_enc, const float *init, const float *noise, kiln_sampler_io *io,
+                             run_state *st, float *x, double **sigmas_out, int *n_out) {
+    (void)ctx;
+    kiln_sigma_opts so = {.discard_penultimate = s->discard_penultimate_sigma != 0};
+    float *full = NULL;
+    int n_full = 0;
+    KILN_TRY(kiln_scheduler_sigmas(sched_id, schedule, schedule_steps, &so, &full, &n_full));
+    /* with a discarded penultimate sigma the list has schedule_steps + 1 entries all the same */
+    int start = schedule_steps - t_enc - 1;
+    if (start < 0) start = 0;
+    if (start > n_full - 2) start = n_full - 2;
+    const int n = n_full - start;
+    double *sigmas = malloc(sizeof(double) * (size_t)n);
+    int rc = sigmas ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+    for (int i = 0; rc == KILN_OK && i < n; i++) sigmas[i] = full[start + i];
+    if (rc == KILN_OK && s->brownian_noise) {
+        /* create_noise_sampler spans the whole schedule's nonzero sigmas, not the slice */
+        float smin = full[0], smax = full[0];
+        for (int i = 0; i < n_full; i++) {
+            if (full[i] > 0 && full[i] < smin) smin = full[i];
+            if (full[i] > smax) smax = full[i];
+        }
+        rc = kiln_brownian_create(src, seeds, batch, io->n / (size_t)batch, smin, smax, &st->brownian);
+    }
+    if (rc == KILN_OK) {
+        /* DPM fast / adaptive: sigma_min = sigma_sched[-2], sigma_max = sigma_sched[0] */
+        io->dpm_sigma_min = n >= 2 ? sigmas[n - 2] : 0;
+        io->dpm_sigma_max = sigmas[0];
+        const float s0 = full[start];
+        for (size_t i = 0; i < io->n; i++) x[i] = init[i] + noise[i] * s0;
+        rc = kiln_sample(s, io, sigmas, n, x);
+    }
+    free(full);
+    if (rc == KILN_OK) {
+        *sigmas_out = sigmas;
+        *n_out = n;
+    } else {
+        free(sigmas);
+    }
+    return rc;
+}
+
+/* DDIM / PLMS / UniPC: timesteps[:t_enc], x = init * sqrt(a) + noise * sqrt(1 - a) at timesteps[t_enc]. */
+static int sample_timesteps(const kiln_sampler_info *s, const kiln_schedule *schedule, int schedule_steps, int t_enc,
+                            const float *init, const float *noise, kiln_sampler_io *io, float *x) {
+    int *ts = malloc(sizeof(int) * (size_t)(schedule_steps + 2));
+    if (!ts) return kiln_error(KILN_ENOMEM, "out of memory");
+    int nt = kiln_sampler_timesteps(schedule_steps, s->discard_penultimate_sigma, ts, schedule_steps + 2);
+    int rc = nt < 0 ? nt : KILN_OK;
+    if (rc == KILN_OK && t_enc >= nt) t_enc = nt - 1;
+    if (rc == KILN_OK) {
+        const float a = schedule->alphas_cumprod[ts[t_enc]];
+        const float sa = sqrtf(a), s1a = sqrtf(1.0f - a);
+        for (size_t i = 0; i < io->n; i++) x[i] = init[i] * sa + noise[i] * s1a;
+        io->is_img2img = 1;
+        if (t_enc >= 1) rc = kiln_sample_timesteps(s, io, ts, t_enc, x);
+    }
+    free(ts);
+    return rc;
+}
+
+int kiln_img2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const kiln_img2img_run *run, const int64_t *seeds,
+                        const int64_t *subseeds, int batch, int batch_index, kiln_progress_fn progress, void *user,
+                        float *latents, kiln_sample_trace *trace) {
+    const kiln_model_config *mc = &ctx->model->config;
+    const kiln_sampler_info *s;
+    kiln_scheduler sched_id;
+    int automatic;
+    KILN_TRY(resolve(p, &s, &sched_id, &automatic));
+    if (run->nmask && s->timestep_sampler)
+        return kiln_error(KILN_EUNSUPPORTED, "sampler: inpainting with %s is not supported (use a k-diffusion sampler)",
+                          s->name);
+    kiln_rng_source src;
+    KILN_TRY(kiln_rng_source_parse(p->rng ? p->rng : "GPU", &src));
+    kiln_schedule schedule;
+    kiln_schedule_init_sd(&schedule, mc->prediction);
+    int schedule_steps, t_enc;
+    kiln_img2img_steps(run->steps, run->denoising_strength, run->fixed_steps, &schedule_steps, &t_enc);
+    if (schedule_steps < 1)
+        return kiln_error(KILN_EINVAL, "denoising_strength: 0 leaves the hires pass no steps (A1111 fails there too)");
+
+    const int C = mc->unet.in_channels, h = run->lat_h, w = run->lat_w;
+    const size_t n = (size_t)batch * C * h * w;
+    kiln_image_rng_opts ro = {.source = src, .batch = batch, .channels = C, .height = h, .width = w, .seeds = seeds,
+                              .subseeds = subseeds, .n_subseeds = batch, .subseed_strength = p->subseed_strength,
+                              .seed_resize_from_w = p->seed_resize_from_w, .seed_resize_from_h = p->seed_resize_from_h,
+                              .eta_noise_seed_delta = p->ensd};
+    kiln_cfg_denoiser den = {0};
+    run_state st = {.denoiser = &den, .progress = progress, .progress_user = user, .batch_index = batch_index};
+    double *sigmas = NULL;
+    int n_sigmas = 0;
+    float *noise = malloc(sizeof(float) * n);
+    int rc = noise ? kiln_image_rng_create(&ro, &st.rng) : kiln_error(KILN_ENOMEM, "out of memory");
+    if (rc == KILN_OK) kiln_image_rng_next(st.rng, noise); /* draw 0 */
+    if (rc == KILN_OK) {
+        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, run->cond_steps,
+                                    run->cond_hires_steps, p->clip_skip, NULL);
+        den.batch = batch;
+        den.channels = C;
+        den.lat_h = h;
+        den.lat_w = w;
+        den.cfg_scale = p->cfg_scale;
+        den.s_min_uncond = p->s_min_uncond;
+        den.init_latent = run->nmask ? run->init_latent : NULL;
+        den.nmask = run->nmask;
+    }
+    kiln_sampler_io io;
+    kiln_sampler_io_defaults(s, &io);
+    io.n = n;
+    io.denoise = cb_denoise;
+    io.eps_at = cb_eps;
+    io.randn = cb_randn;
+    io.brownian = cb_brownian;
+    io.on_step = cb_step;
+    io.user = &st;
+    io.alphas_cumprod = schedule.alphas_cumprod;
+    if (p->eta >= 0) io.eta = p->eta;
+    if (rc == KILN_OK && s->timestep_sampler)
+        rc = sample_timesteps(s, &schedule, schedule_steps, t_enc, run->init_latent, noise, &io, latents);
+    else if (rc == KILN_OK)
+        rc = sample_kdiffusion(ctx, s, sched_id, &schedule, src, seeds, batch, schedule_steps, t_enc, run->init_latent,
+                               noise, &io, &st, latents, &sigmas, &n_sigmas);
+    if (rc == KILN_OK && run->nmask) /* StableDiffusionProcessingImg2Img.sample: samples*nmask + init*mask */
+        for (size_t i = 0; i < n; i++)
+            latents[i] = latents[i] * run->nmask[i] + run->init_latent[i] * (1.0f - run->nmask[i]);
+    if (trace) {
+        trace->sampler = s;
+        trace->scheduler_label = kiln_scheduler_get(automatic ? KILN_SCHED_AUTOMATIC : sched_id)->label;
+        trace->noise = noise;
+        noise = NULL;
+        trace->sigmas = sigmas;
+        trace->n_sigmas = n_sigmas;
+        trace->n_calls = io.n_calls;
+        sigmas = NULL;
+    }
+    free(noise);
+    free(sigmas);
+    kiln_cfg_denoiser_free(&den);
+    kiln_image_rng_free(st.rng);
+    kiln_brownian_free(st.brownian);
+    return rc;
+}
+
+/* ---- one batch of img2img / inpainting ---------------------------------------------------------- */
+
+/* The blurred mask at the target size and what comes from it (StableDiffusionProcessingImg2Img.init). */
+static int prepare_mask(const kiln_gen_params *p, uint8_t *blurred, uint8_t *for_overlay) {
+    const int iw = p->init_width, ih = p->init_height, W = p->width, H = p->height;
+    uint8_t *tmp = malloc((size_t)iw * ih);
+    if (!tmp) return kiln_error(KILN_ENOMEM, "out of memory");
+    /* blur at the mask's own size, then resize_image like the init image */
+    int rc = kiln_mask_blur(p->mask_l, iw, ih, p->mask_blur, p->mask_blur, NULL, tmp);
+    if (rc == KILN_OK) rc = kiln_resize_image(p->resize_mode, tmp, iw, ih, 1, W, H, blurred);
+    if (rc == KILN_OK) kiln_mask_for_overlay(blurred, (size_t)W * H, for_overlay);
+    free(tmp);
+    return rc;
+}
+
+int kiln_img2img_batch(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds, int batch,
+                       int batch_index, kiln_progress_fn progress, void *user, const float *eps, uint8_t *rgb,
+                       kiln_img2img_out *out, kiln_sample_trace *trace) {
+    KILN_TRY(kiln_img2img_check(p));
+    if (!p->init_rgb) return kiln_error(KILN_EINVAL, "init image: missing");
+    const kiln_model_config *mc = &ctx->model->config;
+    const int W = p->width, H = p->height, h = H / 8, w = W / 8, C = mc->unet.in_channels, Z = mc->vae.z_channels;
+    if (C != Z)
+        return kiln_error(KILN_EUNSUPPORTED, "img2img: a %d-channel U-Net (inpainting model) is not supported", C);
+    const size_t per = (size_t)C * h * w, npx = (size_t)W * H;
+    uint8_t *image = malloc(npx * 3), *blurred = NULL, *overlay_mask = NULL, *overlay = NULL;
+    float *mean = malloc(sizeof(float) * per), *logvar = malloc(sizeof(float) * per),
+          *init = malloc(sizeof(float) * per * batch), *e = malloc(sizeof(float) * per),
+          *nmask = NULL, *latents = malloc(sizeof(float) * per * batch);
+    int rc = image && mean && logvar && init && e && latents ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+    /* images.resize_image(resize_mode, init image, width, height) */
+    if (rc == KILN_OK) rc = kiln_resize_image(p->resize_mode, p->init_rgb, p->init_width, p->init_height, 3, W, H, image);
+    if (rc == KILN_OK && p->mask_l) {
+        blurred = malloc(npx);
+        overlay_mask = malloc(npx);
+        overlay = malloc(npx * 4);
+        nmask = malloc(sizeof(float) * per * batch);
+        rc = blurred && overlay_mask && overlay && nmask ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+        if (rc == KILN_OK) rc = prepare_mask(p, blurred, overlay_mask);
+        if (rc == KILN_OK) kiln_overlay_rgba(image, overlay_mask, W, H, overlay);
+        /* mask_round is on in A1111 by default */
+        if (rc == KILN_OK) rc = kiln_latent_mask(blurred, W, H, w, h, C, 1, NULL, nmask);
+        for (int b = 1; rc == KILN_OK && b < batch; b++) memcpy(nmask + per * b, nmask, sizeof(float) * per);
+    }
+    /* one encode of the (same) init image; each image of the batch samples the posterior with its own eps */
+    if (rc == KILN_OK) rc = kiln_vae_encode(ctx, image, W, H, mean, logvar);
+    for (int b = 0; rc == KILN_OK && b < batch; b++) {
+        if (eps) memcpy(e, eps + per * b, sizeof(float) * per);
+        else kiln_vae_posterior_noise(seeds[b], per, e);
+        kiln_vae_posterior_sample(mc->vae.scaling_factor, mean, logvar, e, per, init + per * b);
+    }
+    if (rc == KILN_OK && nmask && (p->inpainting_fill == 2 || p->inpainting_fill == 3)) {
+        /* latent noise: create_random_tensors(shape, seeds) — a plain ImageRNG draw 0 with the batch's seeds;
+           latent nothing: zeros */
+        float *fill = calloc(per * batch, sizeof(float));
+        kiln_image_rng *r = NULL;
+        rc = fill ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+        if (rc == KILN_OK && p->inpainting_fill == 2) {
+            kiln_rng_source src;
+            kiln_rng_source_parse(p->rng ? p->rng : "GPU", &src);
+            kiln_image_rng_opts ro = {.source = src, .batch = batch, .channels = C, .height = h, .width = w, .seeds = seeds};
+            rc = kiln_image_rng_create(&ro, &r);
+            if (rc == KILN_OK) kiln_image_rng_next(r, fill);
+        }
+        for (size_t i = 0; rc == KILN_OK && i < per * batch; i++)
+            init[i] = init[i] * (1.0f - nmask[i]) + fill[i] * nmask[i];
+        kiln_image_rng_free(r);
+        free(fill);
+    }
+    kiln_img2img_run run = {.init_latent = init, .nmask = nmask, .lat_h = h, .lat_w = w, .steps = p->steps,
+                            .denoising_strength = p->denoising_strength,
+                            .cond_steps = kiln_cond_total_steps(p, p->steps)};
+    if (rc == KILN_OK)
+        rc = kiln_img2img_sample(ctx, p, &run, seeds, subseeds, batch, batch_index, progress, user, latents, trace);
+    if (rc == KILN_OK) rc = kiln_decode_latents(ctx, latents, batch, h, w, NULL, rgb);
+    if (rc == KILN_OK && out) {
+        if (out->init_latent) memcpy(out->init_latent, init, sizeof(float) * per * batch);
+        if (out->nmask && nmask) memcpy(out->nmask, nmask, sizeof(float) * per);
+        if (out->samples) memcpy(out->samples, latents, sizeof(float) * per * batch);
+        if (out->decoded) memcpy(out->decoded, rgb, npx * 3 * batch);
+    }
+    /* apply_overlay: the unmasked part of the init image goes back over the result */
+    for (int b = 0; rc == KILN_OK && overlay && b < batch; b++) kiln_alpha_composite_rgb(rgb + npx * 3 * b, overlay, W, H);
+    free(image), free(blurred), free(overlay_mask), free(overlay);
+    free(mean), free(logvar), free(init), free(e), free(nmask), free(latents);
+    return rc;
+}

@@ -1,0 +1,453 @@
+/* test_img2img.c — A1111 img2img, hires fix and inpainting on the CPU backend against the tiny-sd15 fixtures:
+ * the VAE posterior sample (init latent), the t_enc schedule slices, noise, denoiser calls, final latents
+ * (manifest tolerances), the PNG bytes (|diff| <= 1 on at most 1% of values); the inpainting mask steps
+ * (OpenCV blur, Pillow resize, overlay, composite) bit-exact; kiln_generate end to end; bad values refused. */
+#include <jansson.h>
+
+#include "core/error.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "pipeline/hires.h"
+#include "pipeline/img2img.h"
+#include "pipeline/mask.h"
+#include "test.h"
+
+static kiln_model *model;
+static kiln_ctx *ctx;
+static json_t *manifest;
+
+static float *tensor_f32(kiln_st_file *f, const char *name, size_t *n) {
+    const kiln_st_tensor *t = kiln_st_find(f, name);
+    if (!t) return NULL;
+    size_t m = (size_t)kiln_st_numel(t);
+    if (n) *n = m;
+    float *v = malloc(m * sizeof(float));
+    kiln_st_to_f32(t, v);
+    return v;
+}
+
+static const uint8_t *tensor_u8(kiln_st_file *f, const char *name) {
+    const kiln_st_tensor *t = kiln_st_find(f, name);
+    return t ? (const uint8_t *)t->data : NULL;
+}
+
+static json_t *runs(const char *kind) {
+    return json_object_get(json_object_get(json_object_get(manifest, "cases"), kind), "runs");
+}
+
+static double tol(json_t *c, const char *key) { return json_number_value(json_object_get(json_object_get(c, "tolerance"), key)); }
+
+static kiln_st_file *open_run(json_t *c) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
+    kiln_st_file *f = NULL;
+    CHECK(kiln_st_open(test_fixture(rel), &f) == 0);
+    return f;
+}
+
+static void params_from(json_t *c, kiln_gen_params *p) {
+    kiln_gen_params_init(p);
+    p->prompt = json_string_value(json_object_get(c, "prompt"));
+    p->negative_prompt = json_string_value(json_object_get(c, "negative"));
+    p->sampler = json_string_value(json_object_get(c, "sampler"));
+    p->steps = (int)json_integer_value(json_object_get(c, "steps"));
+    p->cfg_scale = json_number_value(json_object_get(c, "cfg"));
+    p->seed = json_integer_value(json_object_get(c, "seed"));
+    p->width = (int)json_integer_value(json_object_get(c, "width"));
+    p->height = (int)json_integer_value(json_object_get(c, "height"));
+    p->denoising_strength = json_number_value(json_object_get(c, "denoising"));
+    p->rng = "NV";
+}
+
+/* |diff| <= 1 on at most 1% of the bytes. */
+static int png_close(const char *what, const uint8_t *got, const uint8_t *want, size_t n) {
+    int max_diff = 0;
+    size_t n_diff = 0;
+    for (size_t i = 0; want && i < n; i++) {
+        int d = abs((int)got[i] - (int)want[i]);
+        if (d > max_diff) max_diff = d;
+        n_diff += d != 0;
+    }
+    printf("    %-14s max diff %d, %zu of %zu values differ\n", what, max_diff, n_diff, n);
+    return want && max_diff <= 1 && n_diff <= n / 100;
+}
+
+static void check_sigmas(const char *name, const kiln_sample_trace *tr, json_t *sig) {
+    CHECK_MSG((size_t)tr->n_sigmas == json_array_size(sig), "%s: %d sigmas, want %zu", name, tr->n_sigmas,
+              json_array_size(sig));
+    for (int i = 0; i < tr->n_sigmas && i < (int)json_array_size(sig); i++)
+        CHECK_NEAR(tr->sigmas[i], json_number_value(json_array_get(sig, (size_t)i)), 1e-6);
+}
+
+/* ---- the mask steps, bit-exact ---------------------------------------------------------------- */
+
+TEST(mask_pipeline) {
+    json_t *c = json_array_get(runs("inpaint"), 0);
+    kiln_st_file *f = open_run(c);
+    if (!f) return;
+    int k[21];
+    CHECK(kiln_gaussian_kernel_q8(21, 4.0, k) == 0);
+    json_t *kq = json_object_get(c, "mask_blur_kernel_q8");
+    for (int i = 0; i < 21; i++) CHECK_MSG(k[i] == json_integer_value(json_array_get(kq, (size_t)i)), "tap %d: %d", i, k[i]);
+
+    const uint8_t *mask = tensor_u8(f, "mask_input_u8"), *init = tensor_u8(f, "init_image_u8");
+    uint8_t bx[64 * 64], blurred[64 * 64], ov[64 * 64], rgba[64 * 64 * 4], small[64], comp[64 * 64 * 3];
+    float nmask[4 * 64], *want_nmask = tensor_f32(f, "latent_mask", NULL);
+    CHECK(kiln_mask_blur(mask, 64, 64, 4, 4, bx, blurred) == 0);
+    CHECK(memcmp(bx, tensor_u8(f, "mask_blur_x_u8"), sizeof bx) == 0);
+    CHECK(memcmp(blurred, tensor_u8(f, "mask_blurred_u8"), sizeof blurred) == 0);
+    kiln_mask_for_overlay(blurred, sizeof blurred, ov);
+    CHECK(memcmp(ov, tensor_u8(f, "mask_for_overlay_u8"), sizeof ov) == 0);
+    kiln_overlay_rgba(init, ov, 64, 64, rgba);
+    CHECK(memcmp(rgba, tensor_u8(f, "overlay_rgba_u8"), sizeof rgba) == 0);
+    CHECK(kiln_latent_mask(blurred, 64, 64, 8, 8, 4, 1, small, nmask) == 0);
+    CHECK(memcmp(small, tensor_u8(f, "latent_mask_resized_u8"), sizeof small) == 0);
+    CHECK(want_nmask && memcmp(nmask, want_nmask, sizeof nmask) == 0);
+    /* the composite of A1111's own decoded image with its overlay */
+    memcpy(comp, tensor_u8(f, "image_u8"), sizeof comp);
+    kiln_alpha_composite_rgb(comp, tensor_u8(f, "overlay_rgba_u8"), 64, 64);
+    CHECK(memcmp(comp, tensor_u8(f, "composited_u8"), sizeof comp) == 0);
+    /* the mask PNG decodes to the same bytes */
+    kiln_image m = {0};
+    CHECK(kiln_image_load(test_fixture("tiny-sd15/inpaint_euler_a_10_mask.png"), 1, &m, NULL) == 0);
+    CHECK(m.width == 64 && m.height == 64 && m.pixels && memcmp(m.pixels, mask, 64 * 64) == 0);
+    kiln_image_free(&m);
+    free(want_nmask);
+    kiln_st_close(f);
+}
+
+/* OpenCV / Pillow edge cases that follow from their definitions. */
+TEST(mask_edges) {
+    /* a blur kernel always sums to 256; sigma 1 ksize 7 */
+    int k[255], sum = 0;
+    CHECK(kiln_gaussian_kernel_q8(7, 1.0, k) == 0);
+    for (int i = 0; i < 7; i++) sum += k[i];
+    CHECK(sum == 256 && k[0] == k[6] && k[3] >= k[2]);
+    CHECK(kiln_gaussian_kernel_q8(4, 1.0, k) == KILN_EINVAL);
+    /* a blur kernel wider than the image reflects more than once and keeps a flat image flat */
+    uint8_t flat[3 * 2], out[3 * 2];
+    memset(flat, 77, sizeof flat);
+    CHECK(kiln_gaussian_blur_u8(flat, 3, 2, 21, 1, 4.0, out) == 0);
+    CHECK(memcmp(out, flat, sizeof out) == 0);
+    CHECK(kiln_gaussian_blur_u8(flat, 3, 2, 1, 21, 4.0, out) == 0);
+    CHECK(memcmp(out, flat, sizeof out) == 0);
+    /* a 1-pixel-wide image */
+    uint8_t col[5] = {0, 255, 0, 255, 0}, col_out[5];
+    CHECK(kiln_gaussian_blur_u8(col, 1, 5, 3, 1, 1.0, col_out) == 0 && memcmp(col, col_out, 5) == 0);
+    /* resizes of a flat image stay flat at odd sizes, both filters, with boxes */
+    uint8_t src[7 * 5 * 3], dst[13 * 3 * 3];
+    memset(src, 200, sizeof src);
+    CHECK(kiln_pil_resize_u8(src, 7, 5, 3, NULL, 13, 3, KILN_PIL_LANCZOS, dst) == 0);
+    int flat_ok = 1;
+    for (size_t i = 0; i < sizeof dst; i++) flat_ok &= dst[i] == 200;
+    CHECK(flat_ok);
+    float box[4] = {0, 5, 7, 5};
+    CHECK(kiln_pil_resize_u8(src, 7, 5, 3, box, 7, 2, KILN_PIL_BICUBIC, dst) == 0 && dst[0] == 200);
+    float bad[4] = {0, 0, 8, 5};
+    CHECK(kiln_pil_resize_u8(src, 7, 5, 3, bad, 7, 2, KILN_PIL_BICUBIC, dst) == KILN_EINVAL);
+    /* same size: a copy */
+    uint8_t ramp[5 * 4], ramp_out[5 * 4];
+    for (int i = 0; i < 20; i++) ramp[i] = (uint8_t)(i * 13);
+    CHECK(kiln_pil_resize_u8(ramp, 5, 4, 1, NULL, 5, 4, KILN_PIL_BICUBIC, ramp_out) == 0 && !memcmp(ramp, ramp_out, 20));
+    /* resize_image: crop keeps the centre, fill pads; mode 3 and others refused */
+    uint8_t wide[16 * 8];
+    for (int y = 0; y < 8; y++)
+        for (int x = 0; x < 16; x++) wide[y * 16 + x] = (uint8_t)(x < 4 || x >= 12 ? 0 : 255);
+    uint8_t sq[8 * 8];
+    CHECK(kiln_resize_image(1, wide, 16, 8, 1, 8, 8, sq) == 0 && sq[3 * 8 + 4] == 255 && sq[3 * 8 + 0] == 255);
+    CHECK(kiln_resize_image(2, wide, 16, 8, 1, 8, 8, sq) == 0 && sq[4 * 8 + 4] > 200 && sq[0] < 60);
+    CHECK(kiln_resize_image(3, wide, 16, 8, 1, 8, 8, sq) == KILN_EUNSUPPORTED);
+    /* overlay: an opaque mask pixel (0) keeps the image, a full one (255) is transparent */
+    uint8_t rgb[2 * 3] = {10, 20, 30, 40, 50, 60}, mo[2] = {0, 255}, ov[2 * 4];
+    kiln_overlay_rgba(rgb, mo, 2, 1, ov);
+    CHECK(ov[0] == 10 && ov[1] == 20 && ov[2] == 30 && ov[3] == 255 && ov[7] == 0);
+    uint8_t base[2 * 3] = {1, 2, 3, 4, 5, 6};
+    kiln_alpha_composite_rgb(base, ov, 2, 1);
+    CHECK(base[0] == 10 && base[1] == 20 && base[2] == 30 && base[3] == 4 && base[5] == 6);
+}
+
+/* ---- img2img --------------------------------------------------------------------------------- */
+
+TEST(img2img_steps) {
+    int ss, te;
+    kiln_img2img_steps(10, 0.6, 0, &ss, &te);
+    CHECK(ss == 10 && te == 6);
+    kiln_img2img_steps(8, 0.35, 0, &ss, &te);
+    CHECK(ss == 8 && te == 2);
+    kiln_img2img_steps(5, 0.55, 1, &ss, &te);
+    CHECK(ss == 9 && te == 4);
+    kiln_img2img_steps(10, 1.0, 0, &ss, &te);
+    CHECK(ss == 10 && te == 9);
+    kiln_img2img_steps(10, 0.75, 0, &ss, &te);
+    CHECK(ss == 10 && te == 7);
+}
+
+static void run_img2img_case(json_t *c, int inpaint) {
+    const char *name = json_string_value(json_object_get(c, "name"));
+    kiln_st_file *f = open_run(c);
+    if (!f) return;
+    kiln_gen_params p;
+    params_from(c, &p);
+    p.init_rgb = tensor_u8(f, "init_image_u8");
+    p.init_width = p.init_height = 64;
+    if (inpaint) {
+        p.mask_l = tensor_u8(f, "mask_input_u8");
+        p.mask_blur = (int)json_integer_value(json_object_get(c, "mask_blur"));
+        p.inpainting_fill = (int)json_integer_value(json_object_get(c, "inpainting_fill"));
+    }
+    float *eps = tensor_f32(f, "vae_posterior_noise", NULL), *want_init = tensor_f32(f, "init_latent", NULL),
+          *want_samples = tensor_f32(f, "samples", NULL), *want_noise = tensor_f32(f, "noise", NULL);
+    /* kiln's default posterior noise is the fixtures' stand-in: torch.Generator("cpu").manual_seed(seed) */
+    float def_eps[256];
+    kiln_vae_posterior_noise(p.seed, 256, def_eps);
+    CHECK_MSG(test_max_abs_diff(def_eps, eps, 256) == 0.0, "%s: default posterior noise", name);
+
+    float init[256], samples[256], nmask[256];
+    uint8_t rgb[64 * 64 * 3], decoded[64 * 64 * 3];
+    kiln_img2img_out out = {.init_latent = init, .samples = samples, .nmask = nmask, .decoded = decoded};
+    kiln_sample_trace tr = {0};
+    int64_t seed = p.seed, subseed = 0;
+    int rc = kiln_img2img_batch(ctx, &p, &seed, &subseed, 1, 0, NULL, NULL, eps, rgb, &out, &tr);
+    CHECK_MSG(rc == 0, "%s: %s", name, kiln_last_error());
+    if (rc == 0) {
+        double e_init = test_max_abs_diff(init, want_init, 256), e_s = test_max_abs_diff(samples, want_samples, 256);
+        int want_calls = (int)json_integer_value(json_object_get(c, "n_denoiser_calls"));
+        printf("  %-26s init latent err %.3g (atol %.3g)  calls %d  samples err %.3g (atol %.3g)\n", name, e_init,
+               tol(c, "init_latent_atol"), tr.n_calls, e_s, tol(c, "samples_atol"));
+        CHECK(e_init <= tol(c, "init_latent_atol"));
+        CHECK(test_max_abs_diff(tr.noise, want_noise, 256) == 0.0);
+        CHECK_MSG(tr.n_calls == want_calls, "%s: %d calls, want %d", name, tr.n_calls, want_calls);
+        check_sigmas(name, &tr, json_object_get(c, "sigmas"));
+        CHECK_MSG(e_s <= tol(c, "samples_atol"), "%s", name);
+        CHECK_MSG(png_close("image_u8", decoded, tensor_u8(f, "image_u8"), sizeof rgb), "%s", name);
+        if (inpaint) {
+            float *want_nmask = tensor_f32(f, "latent_mask", NULL);
+            CHECK(want_nmask && memcmp(nmask, want_nmask, sizeof nmask) == 0);
+            free(want_nmask);
+            CHECK_MSG(png_close("composited_u8", rgb, tensor_u8(f, "composited_u8"), sizeof rgb), "%s", name);
+        } else {
+            CHECK(memcmp(rgb, decoded, sizeof rgb) == 0);
+        }
+    }
+    kiln_sample_trace_free(&tr);
+    free(eps), free(want_init), free(want_samples), free(want_noise);
+    kiln_st_close(f);
+}
+
+TEST(img2img_cases) {
+    json_t *r = runs("img2img"), *c;
+    size_t i;
+    CHECK(json_array_size(r) == 2);
+    json_array_foreach(r, i, c) run_img2img_case(c, 0);
+}
+
+TEST(inpaint_cases) {
+    json_t *r = runs("inpaint"), *c;
+    size_t i;
+    CHECK(json_array_size(r) == 1);
+    json_array_foreach(r, i, c) run_img2img_case(c, 1);
+}
+
+/* ---- hires fix --------------------------------------------------------------------------------- */
+
+TEST(latent_upscale_modes) {
+    /* 2x: bilinear weights 0.25 / 0.75 with repeated edges; nearest-exact 2x2 blocks */
+    float in[4] = {0, 4, 8, 12}, out[16];
+    CHECK(kiln_latent_upscale("Latent", in, 1, 2, 2, 4, 4, out) == 0);
+    CHECK_NEAR(out[0], 0, 0);
+    CHECK_NEAR(out[1], 1, 0);
+    CHECK_NEAR(out[2], 3, 0);
+    CHECK_NEAR(out[5], 3, 0); /* (0.75*0.75*0 + 0.75*.25*4 + .25*.75*8 + .25*.25*12) */
+    CHECK(kiln_latent_upscale("Latent (nearest-exact)", in, 1, 2, 2, 4, 4, out) == 0);
+    CHECK(out[0] == 0 && out[1] == 0 && out[2] == 4 && out[10] == 12);
+    /* 3 -> 4: nearest uses floor(dst * 3/4), nearest-exact floor((dst + 0.5) * 3/4) */
+    float row[3] = {1, 2, 3}, o1[4], o2[4];
+    CHECK(kiln_latent_upscale("Latent (nearest)", row, 1, 1, 3, 1, 4, o1) == 0);
+    CHECK(kiln_latent_upscale("Latent (nearest-exact)", row, 1, 1, 3, 1, 4, o2) == 0);
+    CHECK(o1[0] == 1 && o1[1] == 1 && o1[2] == 2 && o1[3] == 3);
+    CHECK(o2[0] == 1 && o2[1] == 2 && o2[2] == 2 && o2[3] == 3);
+    /* bicubic keeps constants */
+    float cst[6] = {5, 5, 5, 5, 5, 5}, oc[12];
+    CHECK(kiln_latent_upscale("Latent (bicubic)", cst, 1, 2, 3, 3, 4, oc) == 0);
+    CHECK_NEAR(oc[5], 5, 1e-5);
+    CHECK(kiln_latent_upscale("Latent (antialiased)", cst, 1, 2, 3, 3, 4, oc) == KILN_EUNSUPPORTED &&
+          strstr(kiln_last_error(), "nearest-exact"));
+}
+
+static void run_hires_case(json_t *c) {
+    const char *name = json_string_value(json_object_get(c, "name"));
+    kiln_st_file *f = open_run(c);
+    if (!f) return;
+    kiln_gen_params p;
+    params_from(c, &p);
+    p.hr_scale = json_number_value(json_object_get(c, "hr_scale"));
+    p.hr_upscaler = json_string_value(json_object_get(c, "hr_upscaler"));
+    p.hr_steps = (int)json_integer_value(json_object_get(c, "hr_second_pass_steps"));
+    json_t *hr = json_object_get(c, "hr");
+    int hw = 0, hh = 0;
+    CHECK(kiln_hires_enabled(&p, &hw, &hh) && hw == 128 && hh == 128);
+    float first[256], up[1024], samples[1024];
+    kiln_sample_trace tr1 = {0}, tr2 = {0};
+    kiln_hires_out out = {.first_pass = first, .upscaled = up, .first = &tr1};
+    int64_t seed = p.seed, subseed = 0;
+    int rc = kiln_hires_sample(ctx, &p, &seed, &subseed, 1, 0, NULL, NULL, samples, &out, &tr2);
+    CHECK_MSG(rc == 0, "%s: %s", name, kiln_last_error());
+    if (rc == 0) {
+        float *w_first = tensor_f32(f, "samples_first_pass", NULL), *w_up = tensor_f32(f, "latent_upscaled", NULL),
+              *w_noise = tensor_f32(f, "hr_noise", NULL), *w_samples = tensor_f32(f, "samples", NULL);
+        double e1 = test_max_abs_diff(first, w_first, 256), e2 = test_max_abs_diff(up, w_up, 1024),
+               e3 = test_max_abs_diff(samples, w_samples, 1024);
+        /* the upscale alone, on A1111's own first-pass latent */
+        float up_own[1024];
+        CHECK(kiln_latent_upscale(p.hr_upscaler, w_first, 4, 8, 8, 16, 16, up_own) == 0);
+        double e_own = test_max_abs_diff(up_own, w_up, 1024);
+        printf("  %-36s first pass err %.3g (atol %.3g)  upscale err %.3g (own %.3g, atol %.3g)  calls %d+%d  "
+               "samples err %.3g (atol %.3g)\n",
+               name, e1, tol(c, "samples_first_pass_atol"), e2, e_own, tol(c, "latent_upscaled_atol"), tr1.n_calls,
+               tr2.n_calls, e3, tol(c, "samples_atol"));
+        CHECK(e1 <= tol(c, "samples_first_pass_atol"));
+        CHECK(e2 <= tol(c, "latent_upscaled_atol"));
+        CHECK(e_own <= 1e-5);
+        CHECK(test_max_abs_diff(tr2.noise, w_noise, 1024) == 0.0);
+        CHECK(tr1.n_calls == (int)json_integer_value(json_object_get(c, "n_denoiser_calls")));
+        CHECK(tr2.n_calls == (int)json_integer_value(json_object_get(hr, "n_denoiser_calls")));
+        check_sigmas(name, &tr1, json_object_get(c, "sigmas"));
+        check_sigmas(name, &tr2, json_object_get(hr, "sigmas"));
+        CHECK_MSG(e3 <= tol(c, "samples_atol"), "%s", name);
+        uint8_t *rgb = malloc(128 * 128 * 3);
+        CHECK(kiln_decode_latents(ctx, samples, 1, 16, 16, NULL, rgb) == 0);
+        CHECK_MSG(png_close("image_u8", rgb, tensor_u8(f, "image_u8"), 128 * 128 * 3), "%s", name);
+        free(rgb), free(w_first), free(w_up), free(w_noise), free(w_samples);
+    }
+    kiln_sample_trace_free(&tr1);
+    kiln_sample_trace_free(&tr2);
+    kiln_st_close(f);
+}
+
+TEST(hires_cases) {
+    json_t *r = runs("hires_fix"), *c;
+    size_t i;
+    CHECK(json_array_size(r) == 2);
+    json_array_foreach(r, i, c) run_hires_case(c);
+}
+
+/* ---- kiln_generate end to end ------------------------------------------------------------------- */
+
+static void generate_case(const char *kind, const char *png_key) {
+    json_t *c = json_array_get(runs(kind), 0);
+    kiln_st_file *f = open_run(c);
+    if (!f) return;
+    kiln_gen_params p;
+    params_from(c, &p);
+    int side = 64;
+    if (!strcmp(kind, "hires_fix")) {
+        p.hr_scale = json_number_value(json_object_get(c, "hr_scale"));
+        p.hr_upscaler = json_string_value(json_object_get(c, "hr_upscaler"));
+        p.hr_steps = (int)json_integer_value(json_object_get(c, "hr_second_pass_steps"));
+        side = 128;
+    } else {
+        p.init_rgb = tensor_u8(f, "init_image_u8");
+        p.init_width = p.init_height = 64;
+        if (!strcmp(kind, "inpaint")) p.mask_l = tensor_u8(f, "mask_input_u8");
+    }
+    kiln_gen_image *im = NULL;
+    int n = 0, rc = kiln_generate(ctx, &p, NULL, NULL, &im, &n);
+    CHECK_MSG(rc == 0, "%s: %s", kind, kiln_last_error());
+    if (rc == 0) {
+        CHECK(n == 1 && im[0].width == side && im[0].height == side);
+        CHECK(png_close(png_key, im[0].rgb, tensor_u8(f, png_key), (size_t)side * side * 3));
+        printf("    infotext: %s\n", im[0].infotext);
+        char ds[64];
+        snprintf(ds, sizeof ds, "Denoising strength: %g,", p.denoising_strength);
+        CHECK(strstr(im[0].infotext, ds) != NULL);
+        if (p.hr_scale > 0) CHECK(strstr(im[0].infotext, "Hires upscale: 2, Hires steps: 5, Hires upscaler: Latent"));
+        if (p.mask_l) CHECK(strstr(im[0].infotext, "Mask blur: 4"));
+    }
+    kiln_gen_images_free(im, n);
+    kiln_st_close(f);
+}
+
+TEST(generate_img2img) { generate_case("img2img", "image_u8"); }
+TEST(generate_inpaint) { generate_case("inpaint", "composited_u8"); }
+TEST(generate_hires) { generate_case("hires_fix", "image_u8"); }
+
+TEST(bad_values_are_refused) {
+    uint8_t img[16 * 16 * 3] = {0}, mask[16 * 16] = {0};
+    kiln_gen_params p;
+    kiln_gen_params_init(&p);
+    p.width = p.height = 16;
+    p.init_rgb = img;
+    p.init_width = p.init_height = 16;
+    p.denoising_strength = 1.5;
+    CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "denoising_strength"));
+    p.denoising_strength = 0.5;
+    p.resize_mode = 3;
+    CHECK(kiln_img2img_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "resize_mode"));
+    p.resize_mode = 7;
+    CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "resize_mode"));
+    p.resize_mode = 0;
+    p.mask_l = mask;
+    p.inpainting_fill = 0;
+    CHECK(kiln_img2img_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "inpainting_fill"));
+    p.inpainting_fill = 1;
+    p.inpaint_full_res = 1;
+    CHECK(kiln_img2img_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "inpaint_full_res"));
+    p.inpaint_full_res = 0;
+    p.mask_blur = -1;
+    CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "mask_blur"));
+    p.mask_blur = 4;
+    CHECK(kiln_img2img_check(&p) == KILN_OK);
+    p.hr_scale = 2;
+    CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "hr_scale"));
+
+    kiln_gen_params_init(&p);
+    p.hr_scale = 2;
+    p.hr_upscaler = "R-ESRGAN 4x+";
+    CHECK(kiln_hires_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "hr_upscaler"));
+    p.hr_upscaler = "Latent";
+    p.hr_steps = -2;
+    CHECK(kiln_hires_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "hr_steps"));
+    p.hr_steps = 0;
+    p.denoising_strength = 0;
+    CHECK(kiln_hires_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "denoising_strength"));
+    /* kiln_generate refuses too, naming the field */
+    kiln_gen_params_init(&p);
+    p.width = p.height = 16;
+    p.mask_l = mask;
+    kiln_gen_image *im = NULL;
+    int n = 0;
+    CHECK(kiln_generate(ctx, &p, NULL, NULL, &im, &n) == KILN_EINVAL && strstr(kiln_last_error(), "mask"));
+    /* hr_scale 1 changes nothing: A1111 turns hires fix off */
+    kiln_gen_params_init(&p);
+    p.hr_scale = 1.0;
+    int hw, hh;
+    CHECK(!kiln_hires_enabled(&p, &hw, &hh));
+}
+
+int main(void) {
+    json_error_t jerr;
+    manifest = json_load_file(test_fixture("tiny-sd15/manifest.json"), 0, &jerr);
+    char vocab[1024];
+    snprintf(vocab, sizeof vocab, "%s/data/bpe_simple_vocab_16e6.txt.gz", KILN_SOURCE_DIR);
+    kiln_ctx_options opts = {.backend = "cpu", .vocab_path = vocab};
+    if (!manifest || kiln_model_load(test_fixture("tiny-sd15/model.safetensors"), NULL, &model) ||
+        kiln_ctx_create(model, &opts, &ctx)) {
+        fprintf(stderr, "setup: %s\n", kiln_last_error());
+        return 1;
+    }
+    RUN(mask_pipeline);
+    RUN(mask_edges);
+    RUN(img2img_steps);
+    RUN(latent_upscale_modes);
+    RUN(img2img_cases);
+    RUN(inpaint_cases);
+    RUN(hires_cases);
+    RUN(generate_img2img);
+    RUN(generate_inpaint);
+    RUN(generate_hires);
+    RUN(bad_values_are_refused);
+    kiln_ctx_free(ctx);
+    kiln_model_free(model);
+    json_decref(manifest);
+    return test_summary();
+}

@@ -206,7 +206,43 @@ static void generate_help(FILE *f) {
                "  --backend cpu|cuda        compute backend (cpu)\n"
                "  --threads N               CPU threads (all)\n"
                "  -o, --output FILE         .png/.jpg/.webp (default kiln-SEED.png); several images get -N suffixes\n"
-               "  -q, --quiet               no progress bar\n");
+               "  -q, --quiet               no progress bar\n"
+               "img2img / inpainting / hires fix (A1111 API names):\n"
+               "  --init-image FILE         img2img from this image (size: -W/-H, default the image's)\n"
+               "  --mask FILE               inpainting mask, same size as the init image (white = repaint)\n"
+               "  --denoising-strength F    0..1 (0.75); also the hires pass's\n"
+               "  --resize-mode N           0 just resize, 1 crop and resize, 2 resize and fill (0)\n"
+               "  --mask-blur N             (4)\n"
+               "  --inpainting-fill N       masked content: 1 original, 2 latent noise, 3 latent nothing (1)\n"
+               "  --hr-scale F              hires fix: second pass at F times the size (off)\n"
+               "  --hr-upscaler NAME        Latent (default), Latent (nearest), Latent (nearest-exact), Latent (bicubic)\n"
+               "  --hr-steps N              hires steps (0 = --steps)\n");
+}
+
+/* Loads --init-image / --mask into p; the init image's size is the default output size. */
+static int load_init_images(const char *init, const char *mask, int have_w, int have_h, kiln_gen_params *p,
+                            kiln_image *ii, kiln_image *mi) {
+    if (mask && !init) {
+        fprintf(stderr, "kiln generate: --mask needs --init-image\n");
+        return 0;
+    }
+    if (!init) return 1;
+    if (kiln_image_load(init, 3, ii, NULL)) return !fail("generate: --init-image");
+    p->init_rgb = ii->pixels;
+    p->init_width = ii->width;
+    p->init_height = ii->height;
+    if (!have_w) p->width = ii->width;
+    if (!have_h) p->height = ii->height;
+    if (mask) {
+        if (kiln_image_load(mask, 1, mi, NULL)) return !fail("generate: --mask");
+        if (mi->width != ii->width || mi->height != ii->height) {
+            fprintf(stderr, "kiln generate: --mask is %dx%d but --init-image is %dx%d; they must match\n", mi->width,
+                    mi->height, ii->width, ii->height);
+            return 0;
+        }
+        p->mask_l = mi->pixels;
+    }
+    return 1;
 }
 
 typedef struct progress_state {
@@ -251,7 +287,9 @@ static int cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *output = NULL, *vae = NULL, *vocab = NULL, *backend = "cpu";
     long long v;
     double d;
-    int threads = 0, quiet = 0, have_prompt = 0;
+    int threads = 0, quiet = 0, have_prompt = 0, have_w = 0, have_h = 0;
+    const char *init_path = NULL, *mask_path = NULL;
+    kiln_image init_img = {0}, mask_img = {0};
     char rng_buf[16];
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -278,8 +316,8 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--scheduler")) p.scheduler = val;
         else if (!strcmp(a, "--steps")) { if (!parse_int(a, val, 1, 10000, &v)) return 1; p.steps = (int)v; }
         else if (!strcmp(a, "--cfg-scale")) { if (!parse_float(a, val, &d)) return 1; p.cfg_scale = d; }
-        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; p.width = (int)v; }
-        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; p.height = (int)v; }
+        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; p.width = (int)v, have_w = 1; }
+        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; p.height = (int)v, have_h = 1; }
         else if (!strcmp(a, "--batch-size")) { if (!parse_int(a, val, 1, 64, &v)) return 1; p.batch_size = (int)v; }
         else if (!strcmp(a, "--batch-count")) { if (!parse_int(a, val, 1, 100000, &v)) return 1; p.batch_count = (int)v; }
         else if (!strcmp(a, "--clip-skip")) { if (!parse_int(a, val, 1, 64, &v)) return 1; p.clip_skip = (int)v; }
@@ -292,6 +330,23 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--backend")) backend = val;
         else if (!strcmp(a, "--threads")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; threads = (int)v; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) output = val;
+        else if (!strcmp(a, "--init-image")) init_path = val;
+        else if (!strcmp(a, "--mask")) mask_path = val;
+        else if (!strcmp(a, "--denoising-strength")) {
+            if (!parse_float(a, val, &d)) return 1;
+            if (d < 0 || d > 1) { fprintf(stderr, "kiln generate: --denoising-strength wants a number between 0 and 1, not '%s'\n", val); return 1; }
+            p.denoising_strength = d;
+        }
+        else if (!strcmp(a, "--resize-mode")) { if (!parse_int(a, val, 0, 2, &v)) return 1; p.resize_mode = (int)v; }
+        else if (!strcmp(a, "--mask-blur")) { if (!parse_int(a, val, 0, 64, &v)) return 1; p.mask_blur = (int)v; }
+        else if (!strcmp(a, "--inpainting-fill")) { if (!parse_int(a, val, 0, 3, &v)) return 1; p.inpainting_fill = (int)v; }
+        else if (!strcmp(a, "--hr-scale")) {
+            if (!parse_float(a, val, &d)) return 1;
+            if (d < 0 || d > 16) { fprintf(stderr, "kiln generate: --hr-scale wants a number between 0 and 16, not '%s'\n", val); return 1; }
+            p.hr_scale = d;
+        }
+        else if (!strcmp(a, "--hr-upscaler")) p.hr_upscaler = val;
+        else if (!strcmp(a, "--hr-steps")) { if (!parse_int(a, val, 0, 10000, &v)) return 1; p.hr_steps = (int)v; }
         else {
             fprintf(stderr, "kiln generate: unknown option '%s' (see kiln generate --help)\n", a);
             return 1;
@@ -305,13 +360,24 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "kiln generate: --backend must be cpu or cuda, not '%s'\n", backend);
         return 1;
     }
+    if (!load_init_images(init_path, mask_path, have_w, have_h, &p, &init_img, &mask_img)) {
+        kiln_image_free(&init_img);
+        kiln_image_free(&mask_img);
+        return 1;
+    }
     kiln_model_options mo = {.vae_path = vae};
     kiln_model *m = NULL;
-    if (kiln_model_load(model_path, &mo, &m)) return fail("generate");
+    if (kiln_model_load(model_path, &mo, &m)) {
+        kiln_image_free(&init_img);
+        kiln_image_free(&mask_img);
+        return fail("generate");
+    }
     kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab};
     kiln_ctx *ctx = NULL;
     if (kiln_ctx_create(m, &co, &ctx)) {
         kiln_model_free(m);
+        kiln_image_free(&init_img);
+        kiln_image_free(&mask_img);
         return fail("generate");
     }
     progress_state ps = {.enabled = !quiet && isatty(2), .total_batches = p.batch_count};
@@ -335,6 +401,8 @@ static int cmd_generate(int argc, char **argv) {
     kiln_gen_images_free(images, n);
     kiln_ctx_free(ctx);
     kiln_model_free(m);
+    kiln_image_free(&init_img);
+    kiln_image_free(&mask_img);
     return status;
 }
 

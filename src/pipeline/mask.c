@@ -322,15 +322,16 @@ int kiln_resize_image(int mode, const uint8_t *src, int w, int h, int channels, 
     memset(dst, 0, (size_t)out_w * out_h * channels);
     if (rc == KILN_OK) paste(dst, out_w, out_h, resized, src_w, src_h, out_w / 2 - src_w / 2, out_h / 2 - src_h / 2, channels);
     if (rc == KILN_OK && mode == 2) {
-        /* fill the bars with the first/last row (column) stretched, as A1111 does with a zero-height box */
+        /* fill the bars with the first/last row (column) stretched, as A1111 does with a zero-height box and
+           Image.resize's default filter (BICUBIC) */
         uint8_t *bar = NULL;
         if (ratio < src_ratio) {
             int fill = out_h / 2 - src_h / 2;
             if (fill > 0 && (bar = malloc((size_t)out_w * fill * channels))) {
                 float top[4] = {0, 0, (float)out_w, 0}, bottom[4] = {0, (float)src_h, (float)out_w, (float)src_h};
-                rc = lanczos(resized, src_w, src_h, channels, top, out_w, fill, bar);
+                rc = kiln_pil_resize_u8(resized, src_w, src_h, channels, top, out_w, fill, KILN_PIL_BICUBIC, bar);
                 if (rc == KILN_OK) paste(dst, out_w, out_h, bar, out_w, fill, 0, 0, channels);
-                if (rc == KILN_OK) rc = lanczos(resized, src_w, src_h, channels, bottom, out_w, fill, bar);
+                if (rc == KILN_OK) rc = kiln_pil_resize_u8(resized, src_w, src_h, channels, bottom, out_w, fill, KILN_PIL_BICUBIC, bar);
                 if (rc == KILN_OK) paste(dst, out_w, out_h, bar, out_w, fill, 0, fill + src_h, channels);
             } else if (fill > 0) {
                 rc = kiln_error(KILN_ENOMEM, "out of memory");
@@ -339,9 +340,9 @@ int kiln_resize_image(int mode, const uint8_t *src, int w, int h, int channels, 
             int fill = out_w / 2 - src_w / 2;
             if (fill > 0 && (bar = malloc((size_t)fill * out_h * channels))) {
                 float left[4] = {0, 0, 0, (float)out_h}, right[4] = {(float)src_w, 0, (float)src_w, (float)out_h};
-                rc = lanczos(resized, src_w, src_h, channels, left, fill, out_h, bar);
+                rc = kiln_pil_resize_u8(resized, src_w, src_h, channels, left, fill, out_h, KILN_PIL_BICUBIC, bar);
                 if (rc == KILN_OK) paste(dst, out_w, out_h, bar, fill, out_h, 0, 0, channels);
-                if (rc == KILN_OK) rc = lanczos(resized, src_w, src_h, channels, right, fill, out_h, bar);
+                if (rc == KILN_OK) rc = kiln_pil_resize_u8(resized, src_w, src_h, channels, right, fill, out_h, KILN_PIL_BICUBIC, bar);
                 if (rc == KILN_OK) paste(dst, out_w, out_h, bar, fill, out_h, fill + src_w, 0, channels);
             } else if (fill > 0) {
                 rc = kiln_error(KILN_ENOMEM, "out of memory");

@@ -46,8 +46,9 @@ int kiln_latent_mask(const uint8_t *mask, int w, int h, int lat_w, int lat_h, in
                      uint8_t *resized, float *nmask);
 
 /* images.resize_image(mode, im, width, height) for an RGB8 or L8 image, with no upscaler model
- * (A1111 default): 0 = stretch, 1 = crop to fill, 2 = fit and fill the borders with stretched edge
- * pixels, all with Pillow's LANCZOS. Mode 2 pastes into a black RGB canvas like A1111. */
+ * (A1111 default): 0 = stretch, 1 = crop to fill (centred on a black canvas), 2 = fit and fill the bars
+ * with the edge rows/columns stretched. Resizes use Pillow's LANCZOS, except mode 2's bars, which A1111
+ * makes with Image.resize's default filter (BICUBIC). */
 int kiln_resize_image(int mode, const uint8_t *src, int w, int h, int channels, int out_w, int out_h, uint8_t *dst);
 
 #endif

@@ -109,8 +109,9 @@ typedef struct kiln_gen_params {
     int inpaint_full_res;          /* 0 whole picture (1 "only masked" is refused) */
     /* hires fix (txt2img enable_hr with latent upscalers) */
     double hr_scale;               /* 0 = off; else the second pass runs at int(width*hr_scale) x int(height*hr_scale) */
-    const char *hr_upscaler;       /* "Latent" (default), "Latent (nearest)", "Latent (nearest-exact)",
-                                      "Latent (bicubic)" */
+    const char *hr_upscaler;       /* A1111's latent upscalers: "Latent" (default), "Latent (antialiased)",
+                                      "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
+                                      "Latent (nearest-exact)" */
     int hr_steps;                  /* hires steps (A1111 hr_second_pass_steps); 0 = steps */
 } kiln_gen_params;
 

@@ -304,7 +304,13 @@ TEST(latent_upscale_modes) {
     float cst[6] = {5, 5, 5, 5, 5, 5}, oc[12];
     CHECK(kiln_latent_upscale("Latent (bicubic)", cst, 1, 2, 3, 3, 4, oc) == 0);
     CHECK_NEAR(oc[5], 5, 1e-5);
-    CHECK(kiln_latent_upscale("Latent (antialiased)", cst, 1, 2, 3, 3, 4, oc) == KILN_EUNSUPPORTED &&
+    /* antialiased: at 2x the triangle filter gives bilinear's weights; a constant stays constant downscaled */
+    float aa[16], bl[16];
+    CHECK(kiln_latent_upscale("Latent (antialiased)", in, 1, 2, 2, 4, 4, aa) == 0);
+    CHECK(kiln_latent_upscale("Latent", in, 1, 2, 2, 4, 4, bl) == 0 && test_max_abs_diff(aa, bl, 16) < 1e-6);
+    CHECK(kiln_latent_upscale("Latent (bicubic antialiased)", cst, 1, 3, 2, 1, 1, oc) == 0);
+    CHECK_NEAR(oc[0], 5, 1e-5);
+    CHECK(kiln_latent_upscale("ESRGAN_4x", cst, 1, 2, 3, 3, 4, oc) == KILN_EUNSUPPORTED &&
           strstr(kiln_last_error(), "nearest-exact"));
 }
 

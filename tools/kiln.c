@@ -215,7 +215,8 @@ static void generate_help(FILE *f) {
                "  --mask-blur N             (4)\n"
                "  --inpainting-fill N       masked content: 1 original, 2 latent noise, 3 latent nothing (1)\n"
                "  --hr-scale F              hires fix: second pass at F times the size (off)\n"
-               "  --hr-upscaler NAME        Latent (default), Latent (nearest), Latent (nearest-exact), Latent (bicubic)\n"
+               "  --hr-upscaler NAME        Latent (default), Latent (antialiased), Latent (bicubic),\n"
+               "                            Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact)\n"
                "  --hr-steps N              hires steps (0 = --steps)\n");
 }
 

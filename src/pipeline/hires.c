@@ -11,15 +11,17 @@
 
 #include "core/error.h"
 
-typedef enum upscale_mode { UP_BILINEAR, UP_NEAREST, UP_NEAREST_EXACT, UP_BICUBIC } upscale_mode;
+typedef enum upscale_mode { UP_BILINEAR, UP_NEAREST, UP_NEAREST_EXACT, UP_BICUBIC, UP_BILINEAR_AA, UP_BICUBIC_AA } upscale_mode;
 
-/* shared.latent_upscale_modes; the antialiased variants are not implemented. */
+/* shared.latent_upscale_modes. */
 static const struct {
     const char *name;
     upscale_mode mode;
 } upscalers[] = {
     {"Latent", UP_BILINEAR},
+    {"Latent (antialiased)", UP_BILINEAR_AA},
     {"Latent (bicubic)", UP_BICUBIC},
+    {"Latent (bicubic antialiased)", UP_BICUBIC_AA},
     {"Latent (nearest)", UP_NEAREST},
     {"Latent (nearest-exact)", UP_NEAREST_EXACT},
 };
@@ -32,8 +34,8 @@ static int find_upscaler(const char *name, upscale_mode *mode) {
             return KILN_OK;
         }
     return kiln_error(KILN_EUNSUPPORTED,
-                      "hr_upscaler: '%s' is not supported (kiln has Latent, Latent (bicubic), Latent (nearest), "
-                      "Latent (nearest-exact))",
+                      "hr_upscaler: '%s' is not supported (kiln has Latent, Latent (antialiased), Latent (bicubic), "
+                      "Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact))",
                       n);
 }
 
@@ -77,12 +79,84 @@ static void cubic_weights(float t, float c[4]) {
 
 static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
 
+/* The filters of PyTorch's antialiased interpolation: triangle, and cubic with a = -0.5 (Pillow's). */
+static float aa_filter(int cubic, float x) {
+    if (x < 0) x = -x;
+    if (!cubic) return x < 1.0f ? 1.0f - x : 0.0f;
+    const float a = -0.5f;
+    if (x < 1.0f) return ((a + 2) * x - (a + 3)) * x * x + 1;
+    if (x < 2.0f) return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a;
+    return 0.0f;
+}
+
+/* One axis of PyTorch's separable antialiased resampling (_upsample_*2d_aa, align_corners False):
+ * out[i] = sum_j w_j * in[xmin + j] with Pillow-style normalised weights, float32. n_lines lines of
+ * in_len values spaced `stride` apart (line starts `line_step` apart), written the same way. */
+static int aa_axis(int cubic, const float *in, int in_len, int out_len, int n_lines, size_t line_step_in,
+                   size_t line_step_out, size_t stride, float *out) {
+    const float scale = (float)in_len / (float)out_len;
+    const float support = (cubic ? 2.0f : 1.0f) * (scale >= 1.0f ? scale : 1.0f);
+    const float invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
+    const int ksize = (int)ceilf(support) * 2 + 1;
+    float *w = malloc(sizeof(float) * (size_t)ksize * out_len);
+    int *lo = malloc(sizeof(int) * 2 * (size_t)out_len);
+    if (!w || !lo) {
+        free(w), free(lo);
+        return kiln_error(KILN_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < out_len; i++) {
+        float center = scale * (i + 0.5f), total = 0.0f;
+        int xmin = (int)(center - support + 0.5f), xmax = (int)(center + support + 0.5f);
+        if (xmin < 0) xmin = 0;
+        if (xmax > in_len) xmax = in_len;
+        float *wi = w + (size_t)i * ksize;
+        for (int j = 0; j < xmax - xmin; j++) {
+            wi[j] = aa_filter(cubic, (j + xmin - center + 0.5f) * invscale);
+            total += wi[j];
+        }
+        for (int j = 0; total != 0.0f && j < xmax - xmin; j++) wi[j] /= total;
+        lo[2 * i] = xmin;
+        lo[2 * i + 1] = xmax - xmin;
+    }
+    for (int l = 0; l < n_lines; l++) {
+        const float *src = in + line_step_in * l;
+        float *dst = out + line_step_out * l;
+        for (int i = 0; i < out_len; i++) {
+            const float *wi = w + (size_t)i * ksize, *s = src + stride * lo[2 * i];
+            float acc = s[0] * wi[0];
+            for (int j = 1; j < lo[2 * i + 1]; j++) acc += s[stride * j] * wi[j];
+            dst[stride * i] = acc;
+        }
+    }
+    free(w), free(lo);
+    return KILN_OK;
+}
+
+/* Antialiased resize of one h x w plane: width first, then height (each only if its size changes). */
+static int aa_resize(int cubic, const float *in, int h, int w, int out_h, int out_w, float *out) {
+    float *tmp = malloc(sizeof(float) * (size_t)h * out_w);
+    if (!tmp) return kiln_error(KILN_ENOMEM, "out of memory");
+    int rc = KILN_OK;
+    if (out_w != w) rc = aa_axis(cubic, in, w, out_w, h, (size_t)w, (size_t)out_w, 1, tmp);
+    else memcpy(tmp, in, sizeof(float) * (size_t)h * w);
+    if (rc == KILN_OK && out_h != h) rc = aa_axis(cubic, tmp, h, out_h, out_w, 1, 1, (size_t)out_w, out);
+    else if (rc == KILN_OK) memcpy(out, tmp, sizeof(float) * (size_t)h * out_w);
+    free(tmp);
+    return rc;
+}
+
 int kiln_latent_upscale(const char *upscaler, const float *in, int n, int h, int w, int out_h, int out_w, float *out) {
     upscale_mode mode = UP_BILINEAR;
     KILN_TRY(find_upscaler(upscaler, &mode));
     if (h < 1 || w < 1 || out_h < 1 || out_w < 1) return kiln_error(KILN_EINVAL, "latent upscale: empty size");
     /* align_corners False with an output size: scale = in / out in float32 */
     const float sy = (float)h / (float)out_h, sx = (float)w / (float)out_w;
+    if (mode == UP_BILINEAR_AA || mode == UP_BICUBIC_AA) {
+        for (int p = 0; p < n; p++)
+            KILN_TRY(aa_resize(mode == UP_BICUBIC_AA, in + (size_t)p * h * w, h, w, out_h, out_w,
+                               out + (size_t)p * out_h * out_w));
+        return KILN_OK;
+    }
     for (int p = 0; p < n; p++) {
         const float *src = in + (size_t)p * h * w;
         float *dst = out + (size_t)p * out_h * out_w;

@@ -14,9 +14,11 @@ int kiln_hires_enabled(const kiln_gen_params *p, int *hr_width, int *hr_height);
 /* Validates hr_scale / hr_upscaler / hr_steps / denoising_strength. */
 int kiln_hires_check(const kiln_gen_params *p);
 
-/* F.interpolate(x, size=(out_h, out_w), mode) for an A1111 latent upscaler name ("Latent" = bilinear,
- * "Latent (nearest)", "Latent (nearest-exact)", "Latent (bicubic)"; align_corners False, no antialias),
- * on n planes of h x w. KILN_EUNSUPPORTED names the upscalers kiln has for any other name. */
+/* F.interpolate(x, size=(out_h, out_w), mode, antialias) for an A1111 latent upscaler name: "Latent"
+ * (bilinear), "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
+ * "Latent (nearest-exact)" (align_corners False), on n planes of h x w, in float32 (PyTorch may differ by a
+ * few ulp in the weights). KILN_EUNSUPPORTED lists the upscalers kiln has for any other name (the image
+ * upscalers, which decode, upscale and re-encode, are not implemented). */
 int kiln_latent_upscale(const char *upscaler, const float *in, int n, int h, int w, int out_h, int out_w, float *out);
 
 /* Optional intermediate results of one batch. */

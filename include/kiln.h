@@ -106,13 +106,16 @@ typedef struct kiln_gen_params {
     int mask_blur;                 /* Gaussian mask blur sigma in px (4) */
     int inpainting_fill;           /* masked content: 1 original (default), 2 latent noise, 3 latent nothing
                                       (0 "fill" is refused) */
-    int inpaint_full_res;          /* 0 whole picture (1 "only masked" is refused) */
+    int inpaint_full_res;          /* 0 whole picture; 1 only masked: sample the region around the mask at
+                                      width x height and paste it back into the init image (output at the
+                                      init image's size) */
     /* hires fix (txt2img enable_hr with latent upscalers) */
     double hr_scale;               /* 0 = off; else the second pass runs at int(width*hr_scale) x int(height*hr_scale) */
     const char *hr_upscaler;       /* A1111's latent upscalers: "Latent" (default), "Latent (antialiased)",
                                       "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
                                       "Latent (nearest-exact)" */
     int hr_steps;                  /* hires steps (A1111 hr_second_pass_steps); 0 = steps */
+    int inpaint_full_res_padding;  /* only masked: pixels added around the mask's bounding box (32) */
 } kiln_gen_params;
 
 /* Fills p with A1111's txt2img defaults (prompt "" and the values in the comments above). */

@@ -36,6 +36,10 @@ m="$fx/model.safetensors"
   [ "$(png_size "$tmp/hr.png")" = 128x128 ] && "$kiln" pnginfo "$tmp/hr.png" >"$tmp/hr.json" &&
   grep -q '"Hires upscale": "2"' "$tmp/hr.json" && grep -q '"Hires upscaler": "Latent"' "$tmp/hr.json" &&
   grep -q '"Size-1": "64"' "$tmp/hr.json" && ok hires || bad "hires ($(cat "$tmp/e"))"
+"$kiln" generate -m "$m" -p "a flower" --seed 1 --steps 3 --init-image "$fx/vae_encode_input.png" \
+  --mask "$fx/inpaint_euler_a_10_mask.png" --inpaint-full-res 1 --inpaint-full-res-padding 8 -o "$tmp/om.png" -q \
+  >/dev/null 2>"$tmp/e" && [ "$(png_size "$tmp/om.png")" = 64x64 ] &&
+  "$kiln" pnginfo "$tmp/om.png" | grep -q '"Inpaint area": "Only masked"' && ok only_masked || bad "only_masked ($(cat "$tmp/e"))"
 
 # bad input
 expect_error missing_init "nope.png" "$kiln" generate -m "$m" -p x --init-image "$tmp/nope.png"
@@ -48,6 +52,7 @@ expect_error bad_hr_scale "hr-scale" "$kiln" generate -m "$m" -p x --hr-scale ab
 expect_error unknown_upscaler "hr_upscaler" "$kiln" generate -m "$m" -p x -W 64 -H 64 --hr-scale 2 --hr-upscaler "R-ESRGAN 4x+"
 expect_error fill_unsupported "inpainting_fill" "$kiln" generate -m "$m" -p x --init-image "$fx/vae_encode_input.png" \
   --mask "$fx/inpaint_euler_a_10_mask.png" --inpainting-fill 0
+expect_error bad_full_res "inpaint-full-res" "$kiln" generate -m "$m" -p x --inpaint-full-res 2
 expect_error hires_with_init "hr_scale" "$kiln" generate -m "$m" -p x --init-image "$fx/vae_encode_input.png" --hr-scale 2
 
 echo "$passes passed, $fails failed"

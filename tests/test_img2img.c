@@ -411,6 +411,46 @@ TEST(generate_img2img) { generate_case("img2img", "image_u8"); }
 TEST(generate_inpaint) { generate_case("inpaint", "composited_u8"); }
 TEST(generate_hires) { generate_case("hires_fix", "image_u8"); }
 
+/* inpainting "only masked" end to end: the crop around the blurred mask is sampled at 64x64 and pasted back;
+ * outside the crop the output is the init image, and the infotext says so. (The crop and paste steps match
+ * Pillow / OpenCV and a transcription of A1111's code byte for byte; no A1111 run pins the sampling.) */
+TEST(generate_only_masked) {
+    json_t *c = json_array_get(runs("inpaint"), 0);
+    kiln_st_file *f = open_run(c);
+    if (!f) return;
+    kiln_gen_params p;
+    params_from(c, &p);
+    p.init_rgb = tensor_u8(f, "init_image_u8");
+    p.init_width = p.init_height = 64;
+    p.mask_l = tensor_u8(f, "mask_input_u8");
+    p.inpaint_full_res = 1;
+    p.inpaint_full_res_padding = 0;
+    kiln_img2img_prep pr;
+    CHECK(kiln_img2img_prepare(&p, &pr) == 0);
+    CHECK_MSG(pr.crop[0] == 2 && pr.crop[1] == 2 && pr.crop[2] == 60 && pr.crop[3] == 60, "crop %d %d %d %d", pr.crop[0],
+              pr.crop[1], pr.crop[2], pr.crop[3]);
+    kiln_img2img_prep_free(&pr);
+    kiln_gen_image *im = NULL;
+    int n = 0, rc = kiln_generate(ctx, &p, NULL, NULL, &im, &n);
+    CHECK_MSG(rc == 0, "%s", kiln_last_error());
+    if (rc == 0) {
+        CHECK(im[0].width == 64 && im[0].height == 64);
+        int same = 1;
+        for (int y = 0; y < 64; y++)
+            for (int x = 0; x < 64; x++)
+                if (x < 2 || y < 2 || x >= 60 || y >= 60) same &= !memcmp(im[0].rgb + (y * 64 + x) * 3, p.init_rgb + (y * 64 + x) * 3, 3);
+        CHECK(same);
+        CHECK(strstr(im[0].infotext, "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 0") != NULL);
+    }
+    kiln_gen_images_free(im, n);
+    /* a blank mask falls back to img2img */
+    uint8_t blank[64 * 64] = {0};
+    p.mask_l = blank;
+    int w, h, only = 1;
+    CHECK(kiln_img2img_output_size(&p, &w, &h, &only) == 0 && !only && w == 64);
+    kiln_st_close(f);
+}
+
 TEST(bad_values_are_refused) {
     uint8_t img[16 * 16 * 3] = {0}, mask[16 * 16] = {0};
     kiln_gen_params p;
@@ -431,8 +471,10 @@ TEST(bad_values_are_refused) {
     CHECK(kiln_img2img_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "inpainting_fill"));
     p.inpainting_fill = 1;
     p.inpaint_full_res = 1;
-    CHECK(kiln_img2img_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "inpaint_full_res"));
+    p.inpaint_full_res_padding = -1;
+    CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "inpaint_full_res_padding"));
     p.inpaint_full_res = 0;
+    p.inpaint_full_res_padding = 32;
     p.mask_blur = -1;
     CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "mask_blur"));
     p.mask_blur = 4;
@@ -486,6 +528,7 @@ int main(void) {
     RUN(generate_img2img);
     RUN(generate_inpaint);
     RUN(generate_hires);
+    RUN(generate_only_masked);
     RUN(bad_values_are_refused);
     kiln_ctx_free(ctx);
     kiln_model_free(model);

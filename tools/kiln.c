@@ -214,6 +214,8 @@ static void generate_help(FILE *f) {
                "  --resize-mode N           0 just resize, 1 crop and resize, 2 resize and fill (0)\n"
                "  --mask-blur N             (4)\n"
                "  --inpainting-fill N       masked content: 1 original, 2 latent noise, 3 latent nothing (1)\n"
+               "  --inpaint-full-res 0|1    inpaint area: 0 whole picture, 1 only masked (0)\n"
+               "  --inpaint-full-res-padding N   only masked: padding around the mask in px (32)\n"
                "  --hr-scale F              hires fix: second pass at F times the size (off)\n"
                "  --hr-upscaler NAME        Latent (default), Latent (antialiased), Latent (bicubic),\n"
                "                            Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact)\n"
@@ -346,6 +348,8 @@ static int cmd_generate(int argc, char **argv) {
             if (d < 0 || d > 16) { fprintf(stderr, "kiln generate: --hr-scale wants a number between 0 and 16, not '%s'\n", val); return 1; }
             p.hr_scale = d;
         }
+        else if (!strcmp(a, "--inpaint-full-res")) { if (!parse_int(a, val, 0, 1, &v)) return 1; p.inpaint_full_res = (int)v; }
+        else if (!strcmp(a, "--inpaint-full-res-padding")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; p.inpaint_full_res_padding = (int)v; }
         else if (!strcmp(a, "--hr-upscaler")) p.hr_upscaler = val;
         else if (!strcmp(a, "--hr-steps")) { if (!parse_int(a, val, 0, 10000, &v)) return 1; p.hr_steps = (int)v; }
         else {

@@ -232,11 +232,8 @@ int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *se
 
 int kiln_generate_ext_size(const kiln_gen_params *p, int *out_w, int *out_h) {
     int w, h;
-    if (p->init_rgb) {
-        *out_w = p->width;
-        *out_h = p->height;
-        return 1;
-    }
+    /* on a failure here (out of memory) img2img runs and reports it */
+    if (p->init_rgb) return kiln_img2img_output_size(p, out_w, out_h, NULL) == KILN_OK ? 1 : -1;
     if (kiln_hires_enabled(p, &w, &h)) {
         /* the decoded latent of (size // 8) */
         *out_w = w / 8 * 8;
@@ -283,9 +280,15 @@ void kiln_generate_ext_infotext(const kiln_gen_params *p, kiln_infotext_params *
         }
         extra[ip->n_extra++] = (kiln_infotext_kv){"Hires upscaler", p->hr_upscaler && *p->hr_upscaler ? p->hr_upscaler : "Latent"};
     }
-    if (p->init_rgb && p->mask_l && ip->n_extra + 2 <= cap) {
+    if (p->init_rgb && p->mask_l && ip->n_extra + 4 <= cap) {
         snprintf(bufs[2], 32, "%d", p->mask_blur);
         extra[ip->n_extra++] = (kiln_infotext_kv){"Mask blur", bufs[2]};
+        int ow, oh, only_masked = 0;
+        if (p->inpaint_full_res && kiln_img2img_output_size(p, &ow, &oh, &only_masked) == KILN_OK && only_masked) {
+            extra[ip->n_extra++] = (kiln_infotext_kv){"Inpaint area", "Only masked"};
+            snprintf(bufs[3], 32, "%d", p->inpaint_full_res_padding);
+            extra[ip->n_extra++] = (kiln_infotext_kv){"Masked area padding", bufs[3]};
+        }
         if (p->inpainting_fill == 2) extra[ip->n_extra++] = (kiln_infotext_kv){"Masked content", "latent noise"};
         if (p->inpainting_fill == 3) extra[ip->n_extra++] = (kiln_infotext_kv){"Masked content", "latent nothing"};
     }

@@ -130,6 +130,23 @@ void kiln_alpha_composite_rgb(uint8_t *rgb, const uint8_t *overlay_rgba, int w, 
     }
 }
 
+void kiln_alpha_composite_rgba(uint8_t *dst, const uint8_t *src, int w, int h) {
+    for (size_t i = 0; i < (size_t)w * h; i++) {
+        const uint8_t *s = src + i * 4;
+        uint8_t *d = dst + i * 4;
+        unsigned a = s[3];
+        if (a == 0) continue;
+        unsigned blend = d[3] * (255u - a), outa255 = a * 255u + blend;
+        unsigned coef1 = a * 255u * 255u * 128u / outa255, coef2 = 255u * 128u - coef1;
+        for (int c = 0; c < 3; c++) {
+            unsigned v = s[c] * coef1 + d[c] * coef2 + (0x80u << 7);
+            d[c] = (uint8_t)((((v >> 8) + v) >> 8) >> 7);
+        }
+        unsigned v = outa255 + 0x80;
+        d[3] = (uint8_t)(((v >> 8) + v) >> 8);
+    }
+}
+
 /* ---- Pillow resampling (Resample.c, 8 bits per channel) ---------------------------------------- */
 
 #define PIL_PRECISION_BITS (32 - 8 - 2)

@@ -30,6 +30,9 @@ void kiln_overlay_rgba(const uint8_t *rgb, const uint8_t *mask_for_overlay, int 
 /* Image.alpha_composite(dst as RGBA with alpha 255, overlay) converted back to RGB, in place on rgb. */
 void kiln_alpha_composite_rgb(uint8_t *rgb, const uint8_t *overlay_rgba, int w, int h);
 
+/* Image.alpha_composite(dst, src) on RGBA images of any alpha, in place on dst (Pillow's integer code). */
+void kiln_alpha_composite_rgba(uint8_t *dst, const uint8_t *src, int w, int h);
+
 /* Pillow resampling filters. */
 typedef enum kiln_pil_filter { KILN_PIL_BICUBIC, KILN_PIL_LANCZOS } kiln_pil_filter;
 

@@ -34,6 +34,7 @@ void kiln_gen_params_init(kiln_gen_params *p) {
     p->mask_blur = 4;
     p->inpainting_fill = 1;
     p->hr_upscaler = "Latent";
+    p->inpaint_full_res_padding = 32;
 }
 
 void kiln_sample_trace_free(kiln_sample_trace *t) {

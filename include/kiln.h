@@ -104,8 +104,8 @@ typedef struct kiln_gen_params {
     double denoising_strength;     /* 0.75; img2img, inpainting and the hires pass */
     int resize_mode;               /* 0 just resize (default), 1 crop and resize, 2 resize and fill */
     int mask_blur;                 /* Gaussian mask blur sigma in px (4) */
-    int inpainting_fill;           /* masked content: 1 original (default), 2 latent noise, 3 latent nothing
-                                      (0 "fill" is refused) */
+    int inpainting_fill;           /* masked content: 0 fill, 1 original (default), 2 latent noise,
+                                      3 latent nothing */
     int inpaint_full_res;          /* 0 whole picture; 1 only masked: sample the region around the mask at
                                       width x height and paste it back into the init image (output at the
                                       init image's size) */

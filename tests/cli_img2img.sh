@@ -50,8 +50,8 @@ expect_error bad_strength "denoising-strength" "$kiln" generate -m "$m" -p x --d
 expect_error bad_resize_mode "resize-mode" "$kiln" generate -m "$m" -p x --resize-mode 5
 expect_error bad_hr_scale "hr-scale" "$kiln" generate -m "$m" -p x --hr-scale abc
 expect_error unknown_upscaler "hr_upscaler" "$kiln" generate -m "$m" -p x -W 64 -H 64 --hr-scale 2 --hr-upscaler "R-ESRGAN 4x+"
-expect_error fill_unsupported "inpainting_fill" "$kiln" generate -m "$m" -p x --init-image "$fx/vae_encode_input.png" \
-  --mask "$fx/inpaint_euler_a_10_mask.png" --inpainting-fill 0
+expect_error bad_fill "inpainting-fill" "$kiln" generate -m "$m" -p x --init-image "$fx/vae_encode_input.png" \
+  --mask "$fx/inpaint_euler_a_10_mask.png" --inpainting-fill 4
 expect_error bad_full_res "inpaint-full-res" "$kiln" generate -m "$m" -p x --inpaint-full-res 2
 expect_error hires_with_init "hr_scale" "$kiln" generate -m "$m" -p x --init-image "$fx/vae_encode_input.png" --hr-scale 2
 

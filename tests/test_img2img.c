@@ -200,6 +200,39 @@ TEST(pillow_opencv_cases) {
     CHECK(kiln_gaussian_blur_u8(src, 10, 6, 1, 11, 2.0, out) == 0 && !memcmp(out, want_blur, 60));
 }
 
+/* masking.fill and ImageFilter.GaussianBlur, expected bytes printed by Pillow 9.4. */
+TEST(pillow_fill_cases) {
+    static const uint8_t fill_rgb[90] = {
+        0, 53, 106, 159, 212, 9, 62, 115, 168, 221, 18, 71, 124, 177, 230, 27, 80, 133, 186, 239, 36, 89, 142, 195,
+        248, 45, 98, 151, 204, 1, 54, 107, 160, 213, 10, 63, 116, 169, 222, 19, 72, 125, 178, 231, 28, 81, 134, 187,
+        240, 37, 90, 143, 196, 249, 46, 99, 152, 205, 2, 55, 108, 161, 214, 11, 64, 117, 170, 223, 20, 73, 126, 179,
+        232, 29, 82, 135, 188, 241, 38, 91, 144, 197, 250, 47, 100, 153, 206, 3, 56, 109};
+    static const uint8_t fill_mask[30] = {
+        0, 0, 0, 0, 0, 0, 0, 0, 40, 200, 255, 0, 0, 0, 128, 255, 255, 0, 0, 0, 0, 90, 255, 0, 0, 0, 0, 0, 0, 0};
+    static const uint8_t want_fill[90] = {
+        0, 53, 106, 159, 212, 9, 62, 115, 168, 221, 18, 71, 124, 177, 230, 27, 80, 133, 186, 239, 36, 89, 142, 195,
+        227, 57, 102, 125, 133, 102, 116, 108, 138, 213, 10, 63, 116, 169, 222, 19, 72, 125, 148, 175, 78, 114, 118,
+        134, 111, 114, 140, 143, 196, 249, 46, 99, 152, 205, 2, 55, 108, 161, 214, 46, 83, 124, 103, 118, 141, 73,
+        126, 179, 232, 29, 82, 135, 188, 241, 38, 91, 144, 197, 250, 47, 100, 153, 206, 3, 56, 109};
+    static const uint8_t blur_rgba[120] = {
+        0, 29, 58, 87, 116, 145, 174, 203, 232, 5, 34, 63, 92, 121, 150, 179, 208, 237, 10, 39, 68, 97, 126, 155,
+        184, 213, 242, 15, 44, 73, 102, 131, 160, 189, 218, 247, 20, 49, 78, 107, 136, 165, 194, 223, 252, 25, 54,
+        83, 112, 141, 170, 199, 228, 1, 30, 59, 88, 117, 146, 175, 204, 233, 6, 35, 64, 93, 122, 151, 180, 209, 238,
+        11, 40, 69, 98, 127, 156, 185, 214, 243, 16, 45, 74, 103, 132, 161, 190, 219, 248, 21, 50, 79, 108, 137,
+        166, 195, 224, 253, 26, 55, 84, 113, 142, 171, 200, 229, 2, 31, 60, 89, 118, 147, 176, 205, 234, 7, 36, 65,
+        94, 123};
+    static const uint8_t want_gblur[120] = {
+        105, 103, 129, 118, 114, 104, 124, 125, 126, 110, 116, 131, 135, 118, 110, 129, 141, 124, 108, 124, 144,
+        125, 109, 119, 111, 110, 128, 122, 118, 111, 123, 127, 126, 115, 117, 131, 134, 120, 113, 128, 140, 124,
+        115, 122, 144, 125, 118, 116, 120, 123, 123, 125, 123, 122, 120, 128, 126, 123, 117, 130, 131, 124, 117,
+        125, 137, 124, 123, 119, 141, 124, 128, 113, 129, 138, 111, 125, 128, 136, 110, 126, 128, 132, 113, 125,
+        129, 128, 119, 119, 131, 125, 129, 114, 132, 122, 135, 110, 134, 149, 100, 123, 131, 145, 103, 122, 128,
+        139, 109, 121, 127, 131, 119, 115, 125, 125, 131, 111, 124, 120, 138, 109};
+    uint8_t out[120];
+    CHECK(kiln_masking_fill(fill_rgb, fill_mask, 6, 5, out) == 0 && !memcmp(out, want_fill, 90));
+    CHECK(kiln_pil_gaussian_blur4(blur_rgba, 6, 5, 1.5f, out) == 0 && !memcmp(out, want_gblur, 120));
+}
+
 /* ---- img2img --------------------------------------------------------------------------------- */
 
 TEST(img2img_steps) {
@@ -443,6 +476,19 @@ TEST(generate_only_masked) {
         CHECK(strstr(im[0].infotext, "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 0") != NULL);
     }
     kiln_gen_images_free(im, n);
+    /* masked content fill / latent noise / latent nothing run and say so */
+    static const char *const contents[4] = {"Masked content: fill", NULL, "Masked content: latent noise",
+                                            "Masked content: latent nothing"};
+    for (int fill = 0; fill < 4; fill++) {
+        if (fill == 1) continue;
+        p.inpaint_full_res = 0;
+        p.inpainting_fill = fill;
+        p.steps = 2;
+        im = NULL, n = 0;
+        rc = kiln_generate(ctx, &p, NULL, NULL, &im, &n);
+        CHECK_MSG(rc == 0 && strstr(im[0].infotext, contents[fill]), "fill %d: %s", fill, rc ? kiln_last_error() : im[0].infotext);
+        kiln_gen_images_free(im, n);
+    }
     /* a blank mask falls back to img2img */
     uint8_t blank[64 * 64] = {0};
     p.mask_l = blank;
@@ -467,8 +513,8 @@ TEST(bad_values_are_refused) {
     CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "resize_mode"));
     p.resize_mode = 0;
     p.mask_l = mask;
-    p.inpainting_fill = 0;
-    CHECK(kiln_img2img_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "inpainting_fill"));
+    p.inpainting_fill = 4;
+    CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "inpainting_fill"));
     p.inpainting_fill = 1;
     p.inpaint_full_res = 1;
     p.inpaint_full_res_padding = -1;
@@ -520,6 +566,7 @@ int main(void) {
     RUN(mask_pipeline);
     RUN(mask_edges);
     RUN(pillow_opencv_cases);
+    RUN(pillow_fill_cases);
     RUN(img2img_steps);
     RUN(latent_upscale_modes);
     RUN(img2img_cases);

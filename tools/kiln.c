@@ -213,7 +213,7 @@ static void generate_help(FILE *f) {
                "  --denoising-strength F    0..1 (0.75); also the hires pass's\n"
                "  --resize-mode N           0 just resize, 1 crop and resize, 2 resize and fill (0)\n"
                "  --mask-blur N             (4)\n"
-               "  --inpainting-fill N       masked content: 1 original, 2 latent noise, 3 latent nothing (1)\n"
+               "  --inpainting-fill N       masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing (1)\n"
                "  --inpaint-full-res 0|1    inpaint area: 0 whole picture, 1 only masked (0)\n"
                "  --inpaint-full-res-padding N   only masked: padding around the mask in px (32)\n"
                "  --hr-scale F              hires fix: second pass at F times the size (off)\n"

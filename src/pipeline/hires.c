@@ -289,6 +289,7 @@ void kiln_generate_ext_infotext(const kiln_gen_params *p, kiln_infotext_params *
             snprintf(bufs[3], 32, "%d", p->inpaint_full_res_padding);
             extra[ip->n_extra++] = (kiln_infotext_kv){"Masked area padding", bufs[3]};
         }
+        if (p->inpainting_fill == 0) extra[ip->n_extra++] = (kiln_infotext_kv){"Masked content", "fill"};
         if (p->inpainting_fill == 2) extra[ip->n_extra++] = (kiln_infotext_kv){"Masked content", "latent noise"};
         if (p->inpainting_fill == 3) extra[ip->n_extra++] = (kiln_infotext_kv){"Masked content", "latent nothing"};
     }

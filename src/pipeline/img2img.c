@@ -82,10 +82,9 @@ int kiln_img2img_check(const kiln_gen_params *p) {
     if (p->mask_l) {
         if (p->mask_blur < 0 || p->mask_blur > 64) return kiln_error(KILN_EINVAL, "mask_blur: %d is not between 0 and 64", p->mask_blur);
         if (p->inpainting_fill < 0 || p->inpainting_fill > 3)
-            return kiln_error(KILN_EINVAL, "inpainting_fill: %d is not 0..3", p->inpainting_fill);
-        if (p->inpainting_fill == 0)
-            return kiln_error(KILN_EUNSUPPORTED,
-                              "inpainting_fill: 0 (fill) is not supported (use 1 original, 2 latent noise, 3 latent nothing)");
+            return kiln_error(KILN_EINVAL,
+                              "inpainting_fill: %d is not 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing)",
+                              p->inpainting_fill);
         if (p->inpaint_full_res_padding < 0 || p->inpaint_full_res_padding > 4096)
             return kiln_error(KILN_EINVAL, "inpaint_full_res_padding: %d is not between 0 and 4096",
                               p->inpaint_full_res_padding);
@@ -418,6 +417,8 @@ int kiln_img2img_prepare(const kiln_gen_params *p, kiln_img2img_prep *pr) {
             if (rc == KILN_OK) kiln_overlay_rgba(pr->image, for_overlay, W, H, pr->overlay);
         }
     }
+    /* masked content other than "original": the image is filled (masking.fill) before it is encoded */
+    if (rc == KILN_OK && pr->mask && p->inpainting_fill != 1) rc = kiln_masking_fill(pr->image, pr->mask, W, H, pr->image);
     free(blurred), free(tmp), free(for_overlay);
     if (rc) kiln_img2img_prep_free(pr);
     return rc;

@@ -147,6 +147,120 @@ void kiln_alpha_composite_rgba(uint8_t *dst, const uint8_t *src, int w, int h) {
     }
 }
 
+/* ---- Pillow GaussianBlur (BoxBlur.c) and A1111 masking.fill ----------------------------------- */
+
+/* _gaussian_blur_radius: the box radius whose 3 passes approximate sigma = radius (float math). */
+static float box_radius(float radius, int passes) {
+    float sigma2 = radius * radius / passes;
+    float L = (float)sqrt(12.0 * sigma2 + 1.0);
+    float l = (float)floor((L - 1.0) / 2.0);
+    float a = (2 * l + 1) * (l * (l + 1) - 3 * sigma2);
+    a /= 6 * (sigma2 - (l + 1) * (l + 1));
+    return l + a;
+}
+
+/* ImagingLineBoxBlur32 on one line of n 4-byte pixels spaced `step` pixels apart (in and out separate). */
+static void box_line(const uint8_t *in, uint8_t *out, int n, size_t step, int radius, uint32_t ww, uint32_t fw) {
+    const int lastx = n - 1, edge_a = radius + 1 < n ? radius + 1 : n, edge_b = n - radius - 1 > 0 ? n - radius - 1 : 0;
+#define PX(i, c) in[(size_t)(i) * step * 4 + (c)]
+    for (int c = 0; c < 4; c++) {
+        uint32_t acc = PX(0, c) * (uint32_t)(radius + 1);
+        for (int x = 0; x < edge_a - 1; x++) acc += PX(x, c);
+        acc += PX(lastx, c) * (uint32_t)(radius - edge_a + 1);
+        for (int x = 0; x <= lastx; x++) {
+            /* the window moves on: drop the pixel leaving on the left, add the one entering on the right,
+               both clamped to the line's ends, in Pillow's three ranges; the two pixels just outside the
+               window get the fractional weight fw */
+            int sub, add, far;
+            if (edge_a <= edge_b) {
+                if (x < edge_a) sub = 0, add = x + radius, far = x + radius + 1;
+                else if (x < edge_b) sub = x - radius - 1, add = x + radius, far = x + radius + 1;
+                else sub = x - radius - 1, add = lastx, far = lastx;
+            } else {
+                if (x < edge_b) sub = 0, add = x + radius, far = x + radius + 1;
+                else if (x < edge_a) sub = 0, add = lastx, far = lastx;
+                else sub = x - radius - 1, add = lastx, far = lastx;
+            }
+            acc += (uint32_t)((int)PX(add, c) - (int)PX(sub, c));
+            uint32_t bulk = acc * ww + (uint32_t)(PX(sub, c) + PX(far, c)) * fw;
+            out[(size_t)x * step * 4 + c] = (uint8_t)((bulk + (1u << 23)) >> 24);
+        }
+    }
+#undef PX
+}
+
+/* ImagingHorizontalBoxBlur over rows (vertical = 0) or, as Pillow does on the transposed image, columns. */
+static int box_pass(uint8_t *img, int w, int h, float fradius, int vertical) {
+    const int radius = (int)fradius;
+    const uint32_t ww = (uint32_t)((float)(1 << 24) / (fradius * 2 + 1));
+    const uint32_t fw = ((1u << 24) - (uint32_t)(radius * 2 + 1) * ww) / 2;
+    const int n = vertical ? h : w, lines = vertical ? w : h;
+    const size_t step = vertical ? (size_t)w : 1;
+    uint8_t *line = malloc((size_t)n * 4), *res = malloc((size_t)n * 4);
+    if (!line || !res) {
+        free(line), free(res);
+        return kiln_error(KILN_ENOMEM, "out of memory blurring a %dx%d image", w, h);
+    }
+    for (int l = 0; l < lines; l++) {
+        uint8_t *base = img + (vertical ? (size_t)l * 4 : (size_t)l * w * 4);
+        for (int i = 0; i < n; i++) memcpy(line + (size_t)i * 4, base + (size_t)i * step * 4, 4);
+        box_line(line, res, n, 1, radius, ww, fw);
+        for (int i = 0; i < n; i++) memcpy(base + (size_t)i * step * 4, res + (size_t)i * 4, 4);
+    }
+    free(line), free(res);
+    return KILN_OK;
+}
+
+int kiln_pil_gaussian_blur4(const uint8_t *src, int w, int h, float radius, uint8_t *dst) {
+    if (w < 1 || h < 1) return kiln_error(KILN_EINVAL, "gaussian blur: empty %dx%d image", w, h);
+    if (dst != src) memcpy(dst, src, (size_t)w * h * 4);
+    if (radius == 0) return KILN_OK; /* ImageFilter.GaussianBlur(0) copies */
+    const int passes = 3;
+    const float r = box_radius(radius, passes);
+    if (r == 0) return KILN_OK;
+    for (int i = 0; i < passes; i++) KILN_TRY(box_pass(dst, w, h, r, 0));
+    for (int i = 0; i < passes; i++) KILN_TRY(box_pass(dst, w, h, r, 1));
+    return KILN_OK;
+}
+
+/* "RGBa" -> "RGBA": un-premultiply where the alpha is partial (Convert.c). */
+static void unpremultiply(uint8_t *px, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *p = px + i * 4;
+        unsigned a = p[3];
+        if (a == 0 || a == 255) continue;
+        for (int c = 0; c < 3; c++) {
+            unsigned v = 255u * p[c] / a;
+            p[c] = (uint8_t)(v > 255 ? 255 : v);
+        }
+    }
+}
+
+int kiln_masking_fill(const uint8_t *rgb, const uint8_t *mask, int w, int h, uint8_t *out) {
+    const size_t n = (size_t)w * h;
+    uint8_t *masked = malloc(n * 4), *blurred = malloc(n * 4), *mod = calloc(n * 4, 1);
+    int rc = masked && blurred && mod ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory filling a %dx%d image", w, h);
+    /* paste the opaque image into a transparent RGBa one through invert(mask): premultiplied by 255 - mask */
+    for (size_t i = 0; rc == KILN_OK && i < n; i++) {
+        unsigned m = 255u - mask[i];
+        for (int c = 0; c < 3; c++) masked[i * 4 + c] = (uint8_t)div255(rgb[i * 3 + c] * m);
+        masked[i * 4 + 3] = (uint8_t)div255(255u * m);
+    }
+    static const struct {
+        float radius;
+        int repeats;
+    } rounds[] = {{256, 1}, {64, 1}, {16, 2}, {4, 4}, {2, 2}, {0, 1}};
+    for (size_t r = 0; rc == KILN_OK && r < sizeof rounds / sizeof rounds[0]; r++) {
+        rc = kiln_pil_gaussian_blur4(masked, w, h, rounds[r].radius, blurred);
+        if (rc) break;
+        unpremultiply(blurred, n);
+        for (int k = 0; k < rounds[r].repeats; k++) kiln_alpha_composite_rgba(mod, blurred, w, h);
+    }
+    for (size_t i = 0; rc == KILN_OK && i < n; i++) memcpy(out + i * 3, mod + i * 4, 3);
+    free(masked), free(blurred), free(mod);
+    return rc;
+}
+
 /* ---- Pillow resampling (Resample.c, 8 bits per channel) ---------------------------------------- */
 
 #define PIL_PRECISION_BITS (32 - 8 - 2)

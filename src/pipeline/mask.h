@@ -33,6 +33,15 @@ void kiln_alpha_composite_rgb(uint8_t *rgb, const uint8_t *overlay_rgba, int w, 
 /* Image.alpha_composite(dst, src) on RGBA images of any alpha, in place on dst (Pillow's integer code). */
 void kiln_alpha_composite_rgba(uint8_t *dst, const uint8_t *src, int w, int h);
 
+/* ImageFilter.GaussianBlur(radius) on a 4-band 8-bit image (Pillow's three-pass extended box blur with
+ * 24-bit fixed-point weights, horizontal passes then vertical ones). dst may equal src. */
+int kiln_pil_gaussian_blur4(const uint8_t *src, int w, int h, float radius, uint8_t *dst);
+
+/* A1111 masking.fill (masked content "fill", and the image behind "latent noise"/"latent nothing"):
+ * the image with the masked part made transparent, blurred at radii 256, 64, 16, 4, 2, 0 and composited
+ * over itself, as Pillow does it. rgb and out: w x h RGB (may be the same); mask: L, 255 = masked. */
+int kiln_masking_fill(const uint8_t *rgb, const uint8_t *mask, int w, int h, uint8_t *out);
+
 /* Pillow resampling filters. */
 typedef enum kiln_pil_filter { KILN_PIL_BICUBIC, KILN_PIL_LANCZOS } kiln_pil_filter;
 

@@ -102,7 +102,9 @@ typedef struct kiln_gen_params {
     int init_width, init_height;
     const uint8_t *mask_l;         /* inpainting mask, L8 [init_height][init_width], 255 = repaint; NULL = none */
     double denoising_strength;     /* 0.75; img2img, inpainting and the hires pass */
-    int resize_mode;               /* 0 just resize (default), 1 crop and resize, 2 resize and fill */
+    int resize_mode;               /* 0 just resize (default), 1 crop and resize, 2 resize and fill,
+                                      3 just resize (latent upscale: the init image is encoded at its own size,
+                                      a multiple of 8, and its latent resized bilinearly) */
     int mask_blur;                 /* Gaussian mask blur sigma in px (4) */
     int inpainting_fill;           /* masked content: 0 fill, 1 original (default), 2 latent noise,
                                       3 latent nothing */

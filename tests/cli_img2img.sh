@@ -47,7 +47,7 @@ expect_error mask_size "must match" "$kiln" generate -m "$m" -p x --init-image "
   --mask "$fx/hires_latent_euler_a_6.png"
 expect_error mask_without_init "init-image" "$kiln" generate -m "$m" -p x --mask "$fx/inpaint_euler_a_10_mask.png"
 expect_error bad_strength "denoising-strength" "$kiln" generate -m "$m" -p x --denoising-strength 1.5
-expect_error bad_resize_mode "resize-mode" "$kiln" generate -m "$m" -p x --resize-mode 5
+expect_error bad_resize_mode "resize-mode" "$kiln" generate -m "$m" -p x --resize-mode 4
 expect_error bad_hr_scale "hr-scale" "$kiln" generate -m "$m" -p x --hr-scale abc
 expect_error unknown_upscaler "hr_upscaler" "$kiln" generate -m "$m" -p x -W 64 -H 64 --hr-scale 2 --hr-upscaler "R-ESRGAN 4x+"
 expect_error bad_fill "inpainting-fill" "$kiln" generate -m "$m" -p x --init-image "$fx/vae_encode_input.png" \

@@ -157,7 +157,9 @@ TEST(mask_edges) {
     uint8_t sq[8 * 8];
     CHECK(kiln_resize_image(1, wide, 16, 8, 1, 8, 8, sq) == 0 && sq[3 * 8 + 4] == 255 && sq[3 * 8 + 0] == 255);
     CHECK(kiln_resize_image(2, wide, 16, 8, 1, 8, 8, sq) == 0 && sq[4 * 8 + 4] > 200 && sq[0] < 60);
-    CHECK(kiln_resize_image(3, wide, 16, 8, 1, 8, 8, sq) == KILN_EUNSUPPORTED);
+    uint8_t sq2[8 * 8];
+    CHECK(kiln_resize_image(3, wide, 16, 8, 1, 8, 8, sq2) == 0 && !memcmp(sq, sq2, sizeof sq));
+    CHECK(kiln_resize_image(4, wide, 16, 8, 1, 8, 8, sq) == KILN_EINVAL);
     /* overlay: an opaque mask pixel (0) keeps the image, a full one (255) is transparent */
     uint8_t rgb[2 * 3] = {10, 20, 30, 40, 50, 60}, mo[2] = {0, 255}, ov[2 * 4];
     kiln_overlay_rgba(rgb, mo, 2, 1, ov);
@@ -477,6 +479,25 @@ TEST(generate_only_masked) {
         CHECK(strstr(im[0].infotext, "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 0") != NULL);
     }
     kiln_gen_images_free(im, n);
+    /* resize mode 3 at the same size: the latent interpolation is a copy, so it equals mode 0 */
+    {
+        kiln_gen_params q;
+        params_from(c, &q);
+        q.init_rgb = p.init_rgb;
+        q.init_width = q.init_height = 64;
+        q.steps = 3;
+        uint8_t a[64 * 64 * 3], b[64 * 64 * 3], r3[128 * 64 * 3];
+        int64_t seed = 3, sub = 0;
+        CHECK(kiln_img2img_batch(ctx, &q, &seed, &sub, 1, 0, NULL, NULL, NULL, a, NULL, NULL) == 0);
+        q.resize_mode = 3;
+        CHECK(kiln_img2img_batch(ctx, &q, &seed, &sub, 1, 0, NULL, NULL, NULL, b, NULL, NULL) == 0);
+        CHECK(!memcmp(a, b, sizeof a));
+        /* to another size: encoded at 64x64, the latent stretched to 16x8 */
+        q.width = 128;
+        CHECK(kiln_img2img_batch(ctx, &q, &seed, &sub, 1, 0, NULL, NULL, NULL, r3, NULL, NULL) == 0);
+        q.mask_l = p.mask_l;
+        CHECK(kiln_img2img_check(&q) == KILN_EINVAL && strstr(kiln_last_error(), "resize_mode"));
+    }
     /* masked content fill / latent noise / latent nothing run and say so */
     static const char *const contents[4] = {"Masked content: fill", NULL, "Masked content: latent noise",
                                             "Masked content: latent nothing"};
@@ -539,7 +560,9 @@ TEST(bad_values_are_refused) {
     CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "denoising_strength"));
     p.denoising_strength = 0.5;
     p.resize_mode = 3;
+    p.init_width = 12;
     CHECK(kiln_img2img_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "resize_mode"));
+    p.init_width = 16;
     p.resize_mode = 7;
     CHECK(kiln_img2img_check(&p) == KILN_EINVAL && strstr(kiln_last_error(), "resize_mode"));
     p.resize_mode = 0;

@@ -211,7 +211,8 @@ static void generate_help(FILE *f) {
                "  --init-image FILE         img2img from this image (size: -W/-H, default the image's)\n"
                "  --mask FILE               inpainting mask, same size as the init image (white = repaint)\n"
                "  --denoising-strength F    0..1 (0.75); also the hires pass's\n"
-               "  --resize-mode N           0 just resize, 1 crop and resize, 2 resize and fill (0)\n"
+               "  --resize-mode N           0 just resize, 1 crop and resize, 2 resize and fill,\n"
+               "                            3 just resize (latent upscale) (0)\n"
                "  --mask-blur N             (4)\n"
                "  --inpainting-fill N       masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing (1)\n"
                "  --inpaint-full-res 0|1    inpaint area: 0 whole picture, 1 only masked (0)\n"
@@ -340,7 +341,7 @@ static int cmd_generate(int argc, char **argv) {
             if (d < 0 || d > 1) { fprintf(stderr, "kiln generate: --denoising-strength wants a number between 0 and 1, not '%s'\n", val); return 1; }
             p.denoising_strength = d;
         }
-        else if (!strcmp(a, "--resize-mode")) { if (!parse_int(a, val, 0, 2, &v)) return 1; p.resize_mode = (int)v; }
+        else if (!strcmp(a, "--resize-mode")) { if (!parse_int(a, val, 0, 3, &v)) return 1; p.resize_mode = (int)v; }
         else if (!strcmp(a, "--mask-blur")) { if (!parse_int(a, val, 0, 64, &v)) return 1; p.mask_blur = (int)v; }
         else if (!strcmp(a, "--inpainting-fill")) { if (!parse_int(a, val, 0, 3, &v)) return 1; p.inpainting_fill = (int)v; }
         else if (!strcmp(a, "--hr-scale")) {

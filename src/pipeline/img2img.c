@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "pipeline/denoiser.h"
+#include "pipeline/hires.h"
 #include "pipeline/mask.h"
 #include "sample/brownian.h"
 #include "sample/rng.h"
@@ -74,10 +75,20 @@ int kiln_img2img_check(const kiln_gen_params *p) {
     }
     if (p->init_width < 1 || p->init_height < 1 || p->init_width > 16384 || p->init_height > 16384)
         return kiln_error(KILN_EINVAL, "init image: bad size %dx%d", p->init_width, p->init_height);
-    if (p->resize_mode < 0 || p->resize_mode > 2)
-        return kiln_error(p->resize_mode == 3 ? KILN_EUNSUPPORTED : KILN_EINVAL,
-                          "resize_mode: %d is not supported (0 just resize, 1 crop and resize, 2 resize and fill)",
+    if (p->resize_mode < 0 || p->resize_mode > 3)
+        return kiln_error(KILN_EINVAL,
+                          "resize_mode: %d is not 0 (just resize), 1 (crop and resize), 2 (resize and fill) or 3 "
+                          "(just resize, latent upscale)",
                           p->resize_mode);
+    if (p->resize_mode == 3 && (p->init_width % 8 || p->init_height % 8))
+        return kiln_error(KILN_EUNSUPPORTED, "resize_mode: 3 encodes the init image as it is; %dx%d is not a multiple of 8",
+                          p->init_width, p->init_height);
+    if (p->resize_mode == 3 && p->mask_l && !p->inpaint_full_res &&
+        (p->init_width != p->width || p->init_height != p->height))
+        return kiln_error(KILN_EINVAL,
+                          "resize_mode: 3 with a mask needs the init image at %dx%d, not %dx%d (A1111 fails to paste "
+                          "the overlay there)",
+                          p->width, p->height, p->init_width, p->init_height);
     if (p->hr_scale > 0) return kiln_error(KILN_EINVAL, "hr_scale: hires fix is a txt2img option, not img2img's");
     if (p->mask_l) {
         if (p->mask_blur < 0 || p->mask_blur > 64) return kiln_error(KILN_EINVAL, "mask_blur: %d is not between 0 and 64", p->mask_blur);
@@ -383,6 +394,7 @@ int kiln_img2img_prepare(const kiln_gen_params *p, kiln_img2img_prep *pr) {
     const size_t npx = (size_t)W * H;
     memset(pr, 0, sizeof *pr);
     pr->out_w = W, pr->out_h = H;
+    pr->img_w = W, pr->img_h = H;
     uint8_t *blurred = NULL, *tmp = NULL, *for_overlay = NULL;
     int region = 0, rc = KILN_OK;
     pr->image = malloc(npx * 3);
@@ -404,8 +416,17 @@ int kiln_img2img_prepare(const kiln_gen_params *p, kiln_img2img_prep *pr) {
         if (rc == KILN_OK) rc = kiln_resize_image(2, tmp, cw, ch, 3, W, H, pr->image);
     } else if (rc == KILN_OK) {
         memset(pr->crop, 0, sizeof pr->crop);
-        /* images.resize_image(resize_mode, init image, width, height) */
-        rc = kiln_resize_image(p->resize_mode, p->init_rgb, iw, ih, 3, W, H, pr->image);
+        /* images.resize_image(resize_mode, init image, width, height); resize mode 3 encodes the image as it
+           is and resizes the latent instead */
+        if (p->resize_mode == 3) {
+            free(pr->image);
+            pr->image = malloc((size_t)iw * ih * 3);
+            rc = pr->image ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+            if (rc == KILN_OK) memcpy(pr->image, p->init_rgb, (size_t)iw * ih * 3);
+            pr->img_w = iw, pr->img_h = ih;
+        } else {
+            rc = kiln_resize_image(p->resize_mode, p->init_rgb, iw, ih, 3, W, H, pr->image);
+        }
         if (rc == KILN_OK && blurred && !p->inpaint_full_res) {
             /* the blurred mask resized like the image; the overlay keeps where 2 * mask < 255 */
             pr->mask = malloc(npx);
@@ -418,7 +439,8 @@ int kiln_img2img_prepare(const kiln_gen_params *p, kiln_img2img_prep *pr) {
         }
     }
     /* masked content other than "original": the image is filled (masking.fill) before it is encoded */
-    if (rc == KILN_OK && pr->mask && p->inpainting_fill != 1) rc = kiln_masking_fill(pr->image, pr->mask, W, H, pr->image);
+    if (rc == KILN_OK && pr->mask && p->inpainting_fill != 1)
+        rc = kiln_masking_fill(pr->image, pr->mask, pr->img_w, pr->img_h, pr->image);
     free(blurred), free(tmp), free(for_overlay);
     if (rc) kiln_img2img_prep_free(pr);
     return rc;
@@ -468,10 +490,13 @@ int kiln_img2img_batch(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *s
     KILN_TRY(kiln_img2img_prepare(p, &pr));
     const size_t nout = (size_t)pr.out_w * pr.out_h;
     uint8_t *decoded = malloc(npx * 3 * batch);
-    float *mean = malloc(sizeof(float) * per), *logvar = malloc(sizeof(float) * per),
-          *init = malloc(sizeof(float) * per * batch), *e = malloc(sizeof(float) * per),
-          *nmask = NULL, *latents = malloc(sizeof(float) * per * batch);
-    int rc = decoded && mean && logvar && init && e && latents ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+    /* what is encoded: width x height, or the init image itself with resize mode 3 */
+    const int eh = pr.img_h / 8, ew = pr.img_w / 8;
+    const size_t eper = (size_t)C * eh * ew;
+    float *mean = malloc(sizeof(float) * eper), *logvar = malloc(sizeof(float) * eper),
+          *init = malloc(sizeof(float) * per * batch), *e = malloc(sizeof(float) * eper),
+          *enc = malloc(sizeof(float) * eper), *nmask = NULL, *latents = malloc(sizeof(float) * per * batch);
+    int rc = decoded && mean && logvar && init && e && enc && latents ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
     if (rc == KILN_OK && pr.mask) {
         nmask = malloc(sizeof(float) * per * batch);
         /* mask_round is on in A1111 by default */
@@ -479,11 +504,14 @@ int kiln_img2img_batch(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *s
         for (int b = 1; rc == KILN_OK && b < batch; b++) memcpy(nmask + per * b, nmask, sizeof(float) * per);
     }
     /* one encode of the (same) init image; each image of the batch samples the posterior with its own eps */
-    if (rc == KILN_OK) rc = kiln_vae_encode(ctx, pr.image, W, H, mean, logvar);
+    if (rc == KILN_OK) rc = kiln_vae_encode(ctx, pr.image, pr.img_w, pr.img_h, mean, logvar);
     for (int b = 0; rc == KILN_OK && b < batch; b++) {
-        if (eps) memcpy(e, eps + per * b, sizeof(float) * per);
-        else kiln_vae_posterior_noise(seeds[b], per, e);
-        kiln_vae_posterior_sample(mc->vae.scaling_factor, mean, logvar, e, per, init + per * b);
+        if (eps) memcpy(e, eps + eper * b, sizeof(float) * eper);
+        else kiln_vae_posterior_noise(seeds[b], eper, e);
+        kiln_vae_posterior_sample(mc->vae.scaling_factor, mean, logvar, e, eper, enc);
+        /* resize mode 3: F.interpolate(init_latent, (height/8, width/8), "bilinear") */
+        if (eper == per) memcpy(init + per * b, enc, sizeof(float) * per);
+        else rc = kiln_latent_upscale("Latent", enc, C, eh, ew, h, w, init + per * b);
     }
     if (rc == KILN_OK && nmask && (p->inpainting_fill == 2 || p->inpainting_fill == 3)) {
         /* latent noise: create_random_tensors(shape, seeds) — a plain ImageRNG draw 0 with the batch's seeds;
@@ -518,6 +546,6 @@ int kiln_img2img_batch(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *s
     /* apply_overlay: the unmasked part of the init image goes back over the result */
     for (int b = 0; rc == KILN_OK && b < batch; b++) rc = kiln_img2img_apply_overlay(&pr, W, H, decoded + npx * 3 * b, rgb + nout * 3 * b);
     kiln_img2img_prep_free(&pr);
-    free(decoded), free(mean), free(logvar), free(init), free(e), free(nmask), free(latents);
+    free(decoded), free(mean), free(logvar), free(init), free(e), free(enc), free(nmask), free(latents);
     return rc;
 }

@@ -64,7 +64,8 @@ typedef struct kiln_img2img_out {
 
 /* What StableDiffusionProcessingImg2Img.init makes of the init image and the mask. */
 typedef struct kiln_img2img_prep {
-    uint8_t *image;       /* width x height RGB: what is encoded */
+    uint8_t *image;       /* img_w x img_h RGB: what is encoded */
+    int img_w, img_h;     /* width x height, or the init image's size with resize mode 3 */
     uint8_t *mask;        /* width x height L: the latent mask's source (NULL = no mask) */
     uint8_t *overlay;     /* out_w x out_h RGBA pasted back over the result (NULL = none) */
     int out_w, out_h;     /* the output image (the init image's size for "only masked") */

@@ -431,10 +431,8 @@ static int lanczos(const uint8_t *src, int w, int h, int channels, const float *
 }
 
 int kiln_resize_image(int mode, const uint8_t *src, int w, int h, int channels, int out_w, int out_h, uint8_t *dst) {
-    if (mode < 0 || mode > 2)
-        return kiln_error(KILN_EUNSUPPORTED,
-                          "resize_mode: %d is not supported (0 = just resize, 1 = crop and resize, 2 = resize and fill)",
-                          mode);
+    if (mode < 0 || mode > 3)
+        return kiln_error(KILN_EINVAL, "resize_image: mode %d is not 0..3", mode);
     if (mode == 0) return lanczos(src, w, h, channels, NULL, out_w, out_h, dst);
     const double ratio = (double)out_w / out_h, src_ratio = (double)w / h;
     int src_w, src_h;
@@ -452,7 +450,7 @@ int kiln_resize_image(int mode, const uint8_t *src, int w, int h, int channels, 
     int rc = lanczos(src, w, h, channels, NULL, src_w, src_h, resized);
     memset(dst, 0, (size_t)out_w * out_h * channels);
     if (rc == KILN_OK) paste(dst, out_w, out_h, resized, src_w, src_h, out_w / 2 - src_w / 2, out_h / 2 - src_h / 2, channels);
-    if (rc == KILN_OK && mode == 2) {
+    if (rc == KILN_OK && mode >= 2) {
         /* fill the bars with the first/last row (column) stretched, as A1111 does with a zero-height box and
            Image.resize's default filter (BICUBIC) */
         uint8_t *bar = NULL;

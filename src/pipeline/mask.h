@@ -59,7 +59,8 @@ int kiln_latent_mask(const uint8_t *mask, int w, int h, int lat_w, int lat_h, in
 
 /* images.resize_image(mode, im, width, height) for an RGB8 or L8 image, with no upscaler model
  * (A1111 default): 0 = stretch, 1 = crop to fill (centred on a black canvas), 2 = fit and fill the bars
- * with the edge rows/columns stretched. Resizes use Pillow's LANCZOS, except mode 2's bars, which A1111
+ * with the edge rows/columns stretched; any other mode (A1111's 3, "latent upscale", for masks) takes
+ * mode 2's branch, as resize_image's else does. Resizes use Pillow's LANCZOS, except mode 2's bars, which A1111
  * makes with Image.resize's default filter (BICUBIC). */
 int kiln_resize_image(int mode, const uint8_t *src, int w, int h, int channels, int out_w, int out_h, uint8_t *dst);
 

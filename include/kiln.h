@@ -115,7 +115,8 @@ typedef struct kiln_gen_params {
     double hr_scale;               /* 0 = off; else the second pass runs at int(width*hr_scale) x int(height*hr_scale) */
     const char *hr_upscaler;       /* A1111's latent upscalers: "Latent" (default), "Latent (antialiased)",
                                       "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
-                                      "Latent (nearest-exact)" */
+                                      "Latent (nearest-exact)"; or the image upscalers "None", "Lanczos",
+                                      "Nearest" (decode, upscale, encode again; the size a multiple of 8) */
     int hr_steps;                  /* hires steps (A1111 hr_second_pass_steps); 0 = steps */
     int inpaint_full_res_padding;  /* only masked: pixels added around the mask's bounding box (32) */
 } kiln_gen_params;

@@ -219,7 +219,8 @@ static void generate_help(FILE *f) {
                "  --inpaint-full-res-padding N   only masked: padding around the mask in px (32)\n"
                "  --hr-scale F              hires fix: second pass at F times the size (off)\n"
                "  --hr-upscaler NAME        Latent (default), Latent (antialiased), Latent (bicubic),\n"
-               "                            Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact)\n"
+               "                            Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact),\n"
+               "                            None, Lanczos, Nearest\n"
                "  --hr-steps N              hires steps (0 = --steps)\n");
 }
 

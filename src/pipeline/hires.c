@@ -1,6 +1,6 @@
-/* hires.c — txt2img hires fix with latent upscalers (see hires.h); follows A1111 v1.9.4 processing.py
- * (StableDiffusionProcessingTxt2Img.init / calculate_target_resolution / sample_hr_pass) and PyTorch's
- * upsample kernels for the interpolation. */
+/* hires.c — txt2img hires fix (see hires.h); follows A1111 v1.9.4 processing.py
+ * (StableDiffusionProcessingTxt2Img.init / calculate_target_resolution / sample_hr_pass), PyTorch's
+ * upsample kernels for the latent upscalers and modules/upscaler.py for the built-in image ones. */
 #include "pipeline/hires.h"
 
 #include <stdio.h>
@@ -10,10 +10,14 @@
 #include <strings.h>
 
 #include "core/error.h"
+#include "pipeline/mask.h"
 
-typedef enum upscale_mode { UP_BILINEAR, UP_NEAREST, UP_NEAREST_EXACT, UP_BICUBIC, UP_BILINEAR_AA, UP_BICUBIC_AA } upscale_mode;
+typedef enum upscale_mode {
+    UP_BILINEAR, UP_NEAREST, UP_NEAREST_EXACT, UP_BICUBIC, UP_BILINEAR_AA, UP_BICUBIC_AA, /* latent */
+    UP_IMG_NONE, UP_IMG_LANCZOS, UP_IMG_NEAREST                                          /* image */
+} upscale_mode;
 
-/* shared.latent_upscale_modes. */
+/* shared.latent_upscale_modes, then the upscalers of shared.sd_upscalers that need no model. */
 static const struct {
     const char *name;
     upscale_mode mode;
@@ -24,6 +28,9 @@ static const struct {
     {"Latent (bicubic antialiased)", UP_BICUBIC_AA},
     {"Latent (nearest)", UP_NEAREST},
     {"Latent (nearest-exact)", UP_NEAREST_EXACT},
+    {"None", UP_IMG_NONE},
+    {"Lanczos", UP_IMG_LANCZOS},
+    {"Nearest", UP_IMG_NEAREST},
 };
 
 static int find_upscaler(const char *name, upscale_mode *mode) {
@@ -35,7 +42,7 @@ static int find_upscaler(const char *name, upscale_mode *mode) {
         }
     return kiln_error(KILN_EUNSUPPORTED,
                       "hr_upscaler: '%s' is not supported (kiln has Latent, Latent (antialiased), Latent (bicubic), "
-                      "Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact))",
+                      "Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact), None, Lanczos, Nearest)",
                       n);
 }
 
@@ -57,6 +64,11 @@ int kiln_hires_check(const kiln_gen_params *p) {
     if (!(p->hr_scale <= 16)) return kiln_error(KILN_EINVAL, "hr_scale: %g is not between 0 and 16", p->hr_scale);
     upscale_mode m = UP_BILINEAR;
     KILN_TRY(find_upscaler(p->hr_upscaler, &m));
+    int tw, th;
+    if (m >= UP_IMG_NONE && kiln_hires_enabled(p, &tw, &th) && (tw % 8 || th % 8))
+        return kiln_error(KILN_EUNSUPPORTED,
+                          "hr_scale: the %s upscaler re-encodes the image, and %dx%d is not a multiple of 8",
+                          p->hr_upscaler, tw, th);
     if (p->hr_steps < 0 || p->hr_steps > 10000) return kiln_error(KILN_EINVAL, "hr_steps: %d is not between 0 and 10000", p->hr_steps);
     if (!(p->denoising_strength > 0 && p->denoising_strength <= 1))
         return kiln_error(KILN_EINVAL, "denoising_strength: %g is not in (0, 1] (the hires pass needs steps)",
@@ -151,6 +163,8 @@ int kiln_latent_upscale(const char *upscaler, const float *in, int n, int h, int
     if (h < 1 || w < 1 || out_h < 1 || out_w < 1) return kiln_error(KILN_EINVAL, "latent upscale: empty size");
     /* align_corners False with an output size: scale = in / out in float32 */
     const float sy = (float)h / (float)out_h, sx = (float)w / (float)out_w;
+    if (mode >= UP_IMG_NONE)
+        return kiln_error(KILN_EINVAL, "latent upscale: '%s' is an image upscaler", upscaler ? upscaler : "");
     if (mode == UP_BILINEAR_AA || mode == UP_BICUBIC_AA) {
         for (int p = 0; p < n; p++)
             KILN_TRY(aa_resize(mode == UP_BICUBIC_AA, in + (size_t)p * h * w, h, w, out_h, out_w,
@@ -198,6 +212,82 @@ int kiln_latent_upscale(const char *upscaler, const float *in, int n, int h, int
     return KILN_OK;
 }
 
+/* Image.resize to (w, h) with a filter into a fresh buffer that replaces *img. */
+static int resize_owned(uint8_t **img, int *cw, int *ch, int w, int h, kiln_pil_filter f) {
+    uint8_t *out = malloc((size_t)w * h * 3);
+    if (!out) return kiln_error(KILN_ENOMEM, "out of memory upscaling to %dx%d", w, h);
+    int rc = kiln_pil_resize_u8(*img, *cw, *ch, 3, NULL, w, h, f, out);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    free(*img);
+    *img = out, *cw = w, *ch = h;
+    return KILN_OK;
+}
+
+/* images.resize_image(0, im, tw, th, upscaler_name) with a built-in upscaler: "None" is a LANCZOS resize;
+ * Lanczos / Nearest run Upscaler.upscale (up to 3 do_upscale passes by the scale, then LANCZOS to the
+ * multiple of 8 below, then LANCZOS to the target). *img (w x h RGB, malloc'ed) is replaced. */
+static int upscale_image(upscale_mode mode, uint8_t **img, int w, int h, int tw, int th) {
+    int cw = w, ch = h;
+    if (mode != UP_IMG_NONE) {
+        const double scale = fmax((double)tw / w, (double)th / h);
+        if (scale > 1.0) {
+            const int dest_w = (int)(floor(w * scale / 8) * 8), dest_h = (int)(floor(h * scale / 8) * 8);
+            for (int i = 0; i < 3; i++) {
+                if (cw >= dest_w && ch >= dest_h && (i > 0 || scale != 1)) break;
+                const int pw = cw, ph = ch;
+                KILN_TRY(resize_owned(img, &cw, &ch, (int)(cw * scale), (int)(ch * scale),
+                                      mode == UP_IMG_NEAREST ? KILN_PIL_NEAREST : KILN_PIL_LANCZOS));
+                if (pw == cw && ph == ch) break;
+            }
+            if (cw != dest_w || ch != dest_h) KILN_TRY(resize_owned(img, &cw, &ch, dest_w, dest_h, KILN_PIL_LANCZOS));
+        }
+    }
+    if (cw != tw || ch != th) KILN_TRY(resize_owned(img, &cw, &ch, tw, th, KILN_PIL_LANCZOS));
+    return KILN_OK;
+}
+
+int kiln_upscale_image(const char *upscaler, const uint8_t *rgb, int w, int h, int tw, int th, uint8_t *out) {
+    upscale_mode mode = UP_BILINEAR;
+    KILN_TRY(find_upscaler(upscaler, &mode));
+    if (mode < UP_IMG_NONE) return kiln_error(KILN_EINVAL, "upscale image: '%s' is a latent upscaler", upscaler);
+    uint8_t *img = malloc((size_t)w * h * 3);
+    if (!img) return kiln_error(KILN_ENOMEM, "out of memory");
+    memcpy(img, rgb, (size_t)w * h * 3);
+    int rc = upscale_image(mode, &img, w, h, tw, th);
+    if (rc == KILN_OK) memcpy(out, img, (size_t)tw * th * 3);
+    free(img);
+    return rc;
+}
+
+/* The non-latent path of sample_hr_pass: decode the first pass to 8-bit images, upscale them, encode them
+ * again (sampling the posterior, as img2img does). up: [batch, 4, th/8, tw/8]. */
+static int image_upscale_pass(kiln_ctx *ctx, upscale_mode mode, const float *first, const int64_t *seeds, int batch,
+                              int h, int w, int th, int tw, float *up) {
+    const int C = ctx->model->config.unet.in_channels;
+    const size_t npx = (size_t)64 * h * w, per = (size_t)C * (th / 8) * (tw / 8);
+    uint8_t *rgb = malloc(npx * 3 * batch);
+    float *mean = malloc(sizeof(float) * per), *logvar = malloc(sizeof(float) * per), *eps = malloc(sizeof(float) * per);
+    int rc = rgb && mean && logvar && eps ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+    if (rc == KILN_OK) rc = kiln_decode_latents(ctx, first, batch, h, w, NULL, rgb);
+    for (int b = 0; rc == KILN_OK && b < batch; b++) {
+        uint8_t *img = malloc(npx * 3);
+        rc = img ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
+        if (rc == KILN_OK) memcpy(img, rgb + npx * 3 * b, npx * 3);
+        if (rc == KILN_OK) rc = upscale_image(mode, &img, 8 * w, 8 * h, tw, th);
+        if (rc == KILN_OK) rc = kiln_vae_encode(ctx, img, tw, th, mean, logvar);
+        if (rc == KILN_OK) {
+            kiln_vae_posterior_noise(seeds[b], per, eps);
+            kiln_vae_posterior_sample(ctx->model->config.vae.scaling_factor, mean, logvar, eps, per, up + per * b);
+        }
+        free(img);
+    }
+    free(rgb), free(mean), free(logvar), free(eps);
+    return rc;
+}
+
 int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds, int batch,
                       int batch_index, kiln_progress_fn progress, void *user, float *latents, kiln_hires_out *out,
                       kiln_sample_trace *trace) {
@@ -209,7 +299,12 @@ int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *se
     int rc = first && up ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
     kiln_sample_trace tr1 = {0};
     if (rc == KILN_OK) rc = kiln_txt2img_sample(ctx, p, seeds, subseeds, batch, batch_index, progress, user, first, &tr1);
-    if (rc == KILN_OK) rc = kiln_latent_upscale(p->hr_upscaler, first, batch * C, h, w, H, W, up);
+    upscale_mode mode = UP_BILINEAR;
+    if (rc == KILN_OK) rc = find_upscaler(p->hr_upscaler, &mode);
+    if (rc == KILN_OK && mode >= UP_IMG_NONE)
+        rc = image_upscale_pass(ctx, mode, first, seeds, batch, h, w, hr_h, hr_w, up);
+    else if (rc == KILN_OK)
+        rc = kiln_latent_upscale(p->hr_upscaler, first, batch * C, h, w, H, W, up);
     const int hr_steps = p->hr_steps > 0 ? p->hr_steps : p->steps;
     /* sample_img2img(steps = hr_second_pass_steps or steps) takes the fixed-steps branch; hr conds use
        firstpass_steps and the hires total steps for prompt schedules */

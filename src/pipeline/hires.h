@@ -1,7 +1,8 @@
-/* hires.h — A1111's txt2img hires fix with the latent upscalers (webui v1.9.4
- * StableDiffusionProcessingTxt2Img.sample / sample_hr_pass): a first txt2img pass, the latent upscaled
- * with torch.nn.functional.interpolate, a fresh ImageRNG at the new size, and an img2img pass over the
- * fixed-steps schedule slice, with the same sampler, scheduler and prompts. */
+/* hires.h — A1111's txt2img hires fix (webui v1.9.4 StableDiffusionProcessingTxt2Img.sample /
+ * sample_hr_pass): a first txt2img pass; the latent upscaled with torch.nn.functional.interpolate (the
+ * "Latent ..." upscalers) or decoded, upscaled as an 8-bit image and encoded again ("None", "Lanczos",
+ * "Nearest"; the posterior noise as in img2img.h); a fresh ImageRNG at the new size, and an img2img pass
+ * over the fixed-steps schedule slice, with the same sampler, scheduler and prompts. */
 #ifndef KILN_PIPELINE_HIRES_H
 #define KILN_PIPELINE_HIRES_H
 
@@ -20,6 +21,10 @@ int kiln_hires_check(const kiln_gen_params *p);
  * few ulp in the weights). KILN_EUNSUPPORTED lists the upscalers kiln has for any other name (the image
  * upscalers, which decode, upscale and re-encode, are not implemented). */
 int kiln_latent_upscale(const char *upscaler, const float *in, int n, int h, int w, int out_h, int out_w, float *out);
+
+/* images.resize_image(0, rgb, tw, th, upscaler) for the built-in image upscalers "None", "Lanczos",
+ * "Nearest" (Pillow-exact). rgb: w x h RGB; out: tw x th RGB. */
+int kiln_upscale_image(const char *upscaler, const uint8_t *rgb, int w, int h, int tw, int th, uint8_t *out);
 
 /* Optional intermediate results of one batch. */
 typedef struct kiln_hires_out {

@@ -338,6 +338,24 @@ static uint8_t clip8(int64_t v) {
     return (uint8_t)(v >> PIL_PRECISION_BITS);
 }
 
+/* NEAREST: Pillow's ImagingScaleAffine, source coordinates accumulated in double from the pixel centres. */
+static void resize_nearest(const uint8_t *src, int w, int h, int channels, const float b[4], int out_w, int out_h,
+                           uint8_t *dst) {
+    const double a0 = (double)(b[2] - b[0]) / out_w, a4 = (double)(b[3] - b[1]) / out_h;
+    double xo = b[0] + a0 * 0.5, yo = b[1] + a4 * 0.5;
+    for (int x = 0; x < out_w; x++, xo += a0) {
+        int xin = xo < 0.0 ? -1 : (int)xo;
+        if (xin >= w) xin = -1;
+        double y = yo;
+        for (int yy = 0; yy < out_h; yy++, y += a4) {
+            int yin = y < 0.0 ? -1 : (int)y;
+            uint8_t *o = dst + ((size_t)yy * out_w + x) * channels;
+            if (xin < 0 || yin < 0 || yin >= h) memset(o, 0, (size_t)channels);
+            else memcpy(o, src + ((size_t)yin * w + xin) * channels, (size_t)channels);
+        }
+    }
+}
+
 int kiln_pil_resize_u8(const uint8_t *src, int w, int h, int channels, const float *box, int out_w, int out_h,
                        kiln_pil_filter filter, uint8_t *dst) {
     if (w < 1 || h < 1 || out_w < 1 || out_h < 1 || channels < 1 || channels > 4)
@@ -347,6 +365,10 @@ int kiln_pil_resize_u8(const uint8_t *src, int w, int h, int channels, const flo
     if (b[0] < 0 || b[1] < 0 || b[2] > w || b[3] > h || b[2] < b[0] || b[3] < b[1])
         return kiln_error(KILN_EINVAL, "resize: box (%g, %g, %g, %g) is outside the %dx%d image", b[0], b[1], b[2], b[3], w,
                           h);
+    if (filter == KILN_PIL_NEAREST) {
+        resize_nearest(src, w, h, channels, b, out_w, out_h, dst);
+        return KILN_OK;
+    }
     const int need_h = out_w != w || b[0] != 0 || b[2] != out_w, need_v = out_h != h || b[1] != 0 || b[3] != out_h;
     pil_coeffs ch = {0}, cv = {0};
     uint8_t *tmp = NULL;

@@ -43,11 +43,12 @@ int kiln_pil_gaussian_blur4(const uint8_t *src, int w, int h, float radius, uint
 int kiln_masking_fill(const uint8_t *rgb, const uint8_t *mask, int w, int h, uint8_t *out);
 
 /* Pillow resampling filters. */
-typedef enum kiln_pil_filter { KILN_PIL_BICUBIC, KILN_PIL_LANCZOS } kiln_pil_filter;
+typedef enum kiln_pil_filter { KILN_PIL_BICUBIC, KILN_PIL_LANCZOS, KILN_PIL_NEAREST } kiln_pil_filter;
 
 /* Image.resize((out_w, out_h), filter, box) on 8-bit data of `channels` channels (1..4, no alpha
  * premultiplication): Pillow's two-pass integer resampler (22-bit coefficients, horizontal pass first,
- * each pass rounded to uint8). box = {x0, y0, x1, y1} in source pixels, NULL = the whole image. */
+ * each pass rounded to uint8); NEAREST: Pillow's scale-affine pixel picking. box = {x0, y0, x1, y1} in
+ * source pixels, NULL = the whole image. */
 int kiln_pil_resize_u8(const uint8_t *src, int w, int h, int channels, const float *box, int out_w, int out_h,
                        kiln_pil_filter filter, uint8_t *dst);
 

@@ -619,6 +619,54 @@ TEST(samplers_smoke) {
     kiln_st_close(f);
 }
 
+static int count_progress(void *user, int batch_index, int step, int total) {
+    int *last = user;
+    (void)batch_index;
+    if (step != last[0] + 1 || (last[1] && total != last[1])) last[2] = 1; /* steps must count up to one total */
+    last[0] = step;
+    last[1] = total;
+    return 0;
+}
+
+/* A batch of two: each image has its own generator and posterior noise, so the first equals a run of one;
+ * hires progress counts both passes against one total. */
+TEST(batches_and_progress) {
+    json_t *c = json_array_get(runs("inpaint"), 0);
+    kiln_st_file *f = open_run(c);
+    if (!f) return;
+    kiln_gen_params p;
+    params_from(c, &p);
+    p.steps = 4;
+    p.init_rgb = tensor_u8(f, "init_image_u8");
+    p.init_width = p.init_height = 64;
+    p.mask_l = tensor_u8(f, "mask_input_u8");
+    kiln_gen_image *one = NULL, *two = NULL;
+    int n1 = 0, n2 = 0;
+    CHECK(kiln_generate(ctx, &p, NULL, NULL, &one, &n1) == 0);
+    p.batch_size = 2;
+    CHECK(kiln_generate(ctx, &p, NULL, NULL, &two, &n2) == 0);
+    if (n1 == 1 && n2 == 2) {
+        CHECK(two[1].seed == two[0].seed + 1 && two[0].seed == one[0].seed);
+        CHECK(png_close("batch[0]", two[0].rgb, one[0].rgb, 64 * 64 * 3));
+        CHECK(memcmp(two[0].rgb, two[1].rgb, 64 * 64 * 3) != 0);
+    }
+    kiln_gen_images_free(one, n1);
+    kiln_gen_images_free(two, n2);
+    kiln_st_close(f);
+
+    json_t *h = json_array_get(runs("hires_fix"), 0);
+    params_from(h, &p);
+    p.steps = 3;
+    p.hr_scale = 2;
+    p.hr_steps = 2;
+    int st[3] = {0, 0, 0};
+    kiln_gen_image *im = NULL;
+    int n = 0;
+    CHECK(kiln_generate(ctx, &p, count_progress, st, &im, &n) == 0);
+    CHECK_MSG(st[0] == 5 && st[1] == 5 && !st[2], "progress ended at %d of %d (order broken: %d)", st[0], st[1], st[2]);
+    kiln_gen_images_free(im, n);
+}
+
 TEST(bad_values_are_refused) {
     uint8_t img[16 * 16 * 3] = {0}, mask[16 * 16] = {0};
     kiln_gen_params p;
@@ -702,6 +750,7 @@ int main(void) {
     RUN(generate_hires);
     RUN(generate_only_masked);
     RUN(samplers_smoke);
+    RUN(batches_and_progress);
     RUN(bad_values_are_refused);
     kiln_ctx_free(ctx);
     kiln_model_free(model);

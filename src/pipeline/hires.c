@@ -288,6 +288,19 @@ static int image_upscale_pass(kiln_ctx *ctx, upscale_mode mode, const float *fir
     return rc;
 }
 
+/* Progress over both passes, as A1111 counts them: steps + hires steps. */
+typedef struct hires_progress {
+    kiln_progress_fn fn;
+    void *user;
+    int offset, total;
+} hires_progress;
+
+static int on_hires_progress(void *user, int batch_index, int step, int total) {
+    (void)total;
+    hires_progress *hp = user;
+    return hp->fn(hp->user, batch_index, hp->offset + step, hp->total);
+}
+
 int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds, int batch,
                       int batch_index, kiln_progress_fn progress, void *user, float *latents, kiln_hires_out *out,
                       kiln_sample_trace *trace) {
@@ -298,21 +311,24 @@ int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *se
     float *first = malloc(sizeof(float) * batch * C * h * w), *up = malloc(sizeof(float) * batch * C * H * W);
     int rc = first && up ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
     kiln_sample_trace tr1 = {0};
-    if (rc == KILN_OK) rc = kiln_txt2img_sample(ctx, p, seeds, subseeds, batch, batch_index, progress, user, first, &tr1);
+    const int hr_steps = p->hr_steps > 0 ? p->hr_steps : p->steps;
+    hires_progress hp = {.fn = progress, .user = user, .offset = 0, .total = p->steps + hr_steps};
+    kiln_progress_fn pf = progress ? on_hires_progress : NULL;
+    if (rc == KILN_OK) rc = kiln_txt2img_sample(ctx, p, seeds, subseeds, batch, batch_index, pf, &hp, first, &tr1);
+    hp.offset = p->steps;
     upscale_mode mode = UP_BILINEAR;
     if (rc == KILN_OK) rc = find_upscaler(p->hr_upscaler, &mode);
     if (rc == KILN_OK && mode >= UP_IMG_NONE)
         rc = image_upscale_pass(ctx, mode, first, seeds, batch, h, w, hr_h, hr_w, up);
     else if (rc == KILN_OK)
         rc = kiln_latent_upscale(p->hr_upscaler, first, batch * C, h, w, H, W, up);
-    const int hr_steps = p->hr_steps > 0 ? p->hr_steps : p->steps;
     /* sample_img2img(steps = hr_second_pass_steps or steps) takes the fixed-steps branch; hr conds use
        firstpass_steps and the hires total steps for prompt schedules */
     kiln_img2img_run run = {.init_latent = up, .lat_h = H, .lat_w = W, .steps = hr_steps, .fixed_steps = 1,
                             .denoising_strength = p->denoising_strength, .cond_steps = kiln_cond_total_steps(p, p->steps),
                             .cond_hires_steps = kiln_cond_total_steps(p, hr_steps)};
     if (rc == KILN_OK)
-        rc = kiln_img2img_sample(ctx, p, &run, seeds, subseeds, batch, batch_index, progress, user, latents, trace);
+        rc = kiln_img2img_sample(ctx, p, &run, seeds, subseeds, batch, batch_index, pf, &hp, latents, trace);
     if (rc == KILN_OK && out) {
         if (out->first_pass) memcpy(out->first_pass, first, sizeof(float) * batch * C * h * w);
         if (out->upscaled) memcpy(out->upscaled, up, sizeof(float) * batch * C * H * W);

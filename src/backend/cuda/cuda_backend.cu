@@ -817,3 +817,47 @@ size_t kiln_cuda_mem_used(void) {
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
     return total_b - free_b;
 }
+
+int kiln_cuda_profile(kiln_compiled *c, FILE *f) {
+    cudaStream_t s = c->be->libs.stream;
+    int n = c->n_steps;
+    cudaEvent_t *ev = (cudaEvent_t *)calloc((size_t)n + 1, sizeof *ev);
+    double per_kind[KILN_OP_COUNT] = {0}, conv_method[4] = {0};
+    int count[KILN_OP_COUNT] = {0};
+    if (!ev) return kiln_error(KILN_ENOMEM, "out of memory");
+    int rc = 0;
+    for (int i = 0; i <= n && rc == 0; i++)
+        if (cudaEventCreate(&ev[i]) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "cudaEventCreate");
+    for (int rep = 0; rep < 2 && rc == 0; rep++) {  // the first pass warms up
+        cudaEventRecord(ev[0], s);
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (c->steps[i].op >= 0) rc = kc_run_step(c, &c->steps[i], 0);
+            cudaEventRecord(ev[i + 1], s);
+        }
+        if (cudaStreamSynchronize(s) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "profile run failed");
+    }
+    double total = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (c->steps[i].op < 0) continue;
+        float ms = 0;
+        cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
+        kiln_op_kind k = c->plan->ops[c->steps[i].op].kind;
+        per_kind[k] += ms;
+        count[k]++;
+        if (k == KILN_OP_CONV2D) conv_method[c->steps[i].conv.method] += ms;
+        total += ms;
+    }
+    if (rc == 0) {
+        fprintf(f, "%-18s %6s %10s %7s   (op by op, events between launches; no graph)\n", "op", "count", "ms", "share");
+        for (int k = 0; k < KILN_OP_COUNT; k++)
+            if (count[k])
+                fprintf(f, "%-18s %6d %10.3f %6.1f%%\n", kiln_op_name((kiln_op_kind)k), count[k], per_kind[k],
+                        100.0 * per_kind[k] / total);
+        fprintf(f, "%-18s %6s %10.3f   (conv: gemm %.3f, im2col %.3f, cudnn %.3f)\n", "total", "", total,
+                conv_method[KC_CONV_GEMM], conv_method[KC_CONV_IM2COL], conv_method[KC_CONV_CUDNN]);
+    }
+    for (int i = 0; i <= n; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    free(ev);
+    return rc;
+}

@@ -171,6 +171,8 @@ TEST(group_norm) {
     group_norm_case(4, 1, 40, 5, 7, 8, 1);   /* 5 channels per group: generic kernel */
     group_norm_case(3, 2, 32, 5, 10, 8, 0);  /* [N, C, L] layout */
     group_norm_case(4, 1, 2560, 4, 4, 32, 1);
+    group_norm_case(4, 1, 6, 5, 5, 3, 0);    /* C % 8 != 0: scalar apply */
+    group_norm_case(4, 2, 320, 64, 64, 32, 1);  /* SD level 0: 256 partial ranges per image */
 }
 
 static void layer_norm_case(int B, int L, int C) {
@@ -186,7 +188,10 @@ static void layer_norm_case(int B, int L, int C) {
 
 TEST(layer_norm) {
     layer_norm_case(2, 77, 768);
-    layer_norm_case(3, 5, 33);
+    layer_norm_case(3, 5, 33);   /* C % 8 != 0: block-per-row kernel */
+    layer_norm_case(2, 64, 1280);
+    layer_norm_case(1, 9, 320);
+    layer_norm_case(1, 3, 2048);
 }
 
 TEST(activations) {

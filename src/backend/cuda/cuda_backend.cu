@@ -766,9 +766,13 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
         if (st->op < 0) continue;
         const kiln_op *op = &c->plan->ops[st->op];
         if (st->has_conv)
-            fprintf(f, "op %4d conv   %-6s %8.3f ms  %s%s\n", st->op,
+            fprintf(f, "op %4d conv   %-6s %8.3f ms  (im2col %.3f, cudnn %.3f) %dx%dx%dx%d->%d k%d s%d  %s%s\n",
+                    st->op,
                     st->conv.method == KC_CONV_CUDNN ? "cudnn" : st->conv.method == KC_CONV_GEMM ? "gemm" : "im2col",
-                    st->conv.best_ms, op->label, st->residual >= 0 ? " +residual" : "");
+                    st->conv.best_ms, st->conv.im2col_ms < 1e30f ? st->conv.im2col_ms : -1.0f,
+                    st->conv.cudnn_ms < 1e30f ? st->conv.cudnn_ms : -1.0f, st->conv.N, st->conv.C, st->conv.H,
+                    st->conv.W, st->conv.O, st->conv.kh, st->conv.stride, op->label,
+                    st->residual >= 0 ? " +residual" : "");
         else if (st->has_gemm)
             fprintf(f, "op %4d linear %-6s %8.3f ms  %s%s\n", st->op, "lt", st->gemm.best_ms, op->label,
                     st->residual >= 0 ? " +residual" : "");

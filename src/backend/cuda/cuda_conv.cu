@@ -278,6 +278,7 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
         return 0;
     }
     float best = FLT_MAX;
+    cv->im2col_ms = cv->cudnn_ms = FLT_MAX;
     size_t col = kc_im2col_bytes(N, C, kh, kw, cv->Ho, cv->Wo), col_bytes = (col + 255) & ~(size_t)255;
 #ifdef KILN_HAVE_CUDNN
     kc_cudnn_state *d = NULL;
@@ -317,12 +318,14 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
                 return (p > q) - (p < q);
             });
             best = t[2];
+            probe.im2col_ms = best;
             *cv = probe;
         } else {
             kiln_error_clear();
         }
     }
 #ifdef KILN_HAVE_CUDNN
+    cv->cudnn_ms = dnn_ms;
     if (d && dnn_ms < best) {
         kc_gemm_destroy(&cv->gemm);
         cv->method = KC_CONV_CUDNN;

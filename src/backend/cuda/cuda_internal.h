@@ -84,6 +84,7 @@ typedef struct kc_conv {
     void *cudnn_state;      // descriptors and algorithm for KC_CONV_CUDNN
     size_t scratch;         // bytes of scratch needed (im2col buffer / cuDNN workspace / GEMM workspace)
     float best_ms;
+    float im2col_ms, cudnn_ms;  // what each method measured (FLT_MAX: not tried)
 } kc_conv;
 enum { KC_CONV_GEMM = 1, KC_CONV_IM2COL = 2, KC_CONV_CUDNN = 3 };
 

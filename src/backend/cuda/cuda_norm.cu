@@ -1,21 +1,27 @@
 // cuda_norm.cu — GroupNorm (optionally fused with SiLU) and LayerNorm on fp16 data, fp32 statistics.
 //
-// GroupNorm on NHWC data runs in two kernels: (1) blocks over pixel ranges keep a Welford state per
-// channel (coalesced reads of whole pixel rows), merge them per group and write (mean, M2) partials;
-// (2) the apply kernel merges the partials of each group (Chan's formula) and writes
-// act((x - mean) * rstd * gamma + beta). Other layouts use a simple block-per-group kernel.
+// GroupNorm on NHWC data runs in three kernels: (1) blocks over short pixel ranges keep a Welford
+// state per channel (coalesced reads of whole pixel rows), merge them per group and write (mean, M2)
+// partials; (2) one warp per group merges the partials (Chan's formula) into mean and 1/std;
+// (3) an elementwise pass writes act((x - mean) * rstd * gamma + beta), 8 channels per thread.
+// Other layouts use a simple block-per-group kernel.
 #include "backend/cuda/cuda_internal.h"
 
 #define KC_GN_MAX_PAIRS 4  // channel pairs per thread: C <= 2 * 4 * 1024
 
 typedef struct kc_gn_partial { float mean, m2, count, pad; } kc_gn_partial;
 
+#define KC_GN_MAX_SPLITS 256
+
+// Pixel ranges per image for the statistics: about 8-16 pixels per block, at most 256 blocks.
 static int kc_gn_splits(int P) {
-    int s = P / 64;
-    return s < 1 ? 1 : s > 128 ? 128 : s;
+    int s = P / 8;
+    return s < 1 ? 1 : s > KC_GN_MAX_SPLITS ? KC_GN_MAX_SPLITS : s;
 }
 
-size_t kc_group_norm_scratch(int N, int G) { return (size_t)N * G * 128 * sizeof(kc_gn_partial); }
+size_t kc_group_norm_scratch(int N, int G) {
+    return (size_t)N * G * (KC_GN_MAX_SPLITS * sizeof(kc_gn_partial) + sizeof(float2));
+}
 
 __device__ __forceinline__ float kc_silu(float v) { return v / (1.0f + __expf(-v)); }
 
@@ -30,6 +36,7 @@ __global__ void kc_gn_stats_kernel(const kc_half *x, int C, int P, int G, int S,
     float mean[KC_GN_MAX_PAIRS][2], m2[KC_GN_MAX_PAIRS][2];
 #pragma unroll
     for (int k = 0; k < KC_GN_MAX_PAIRS; k++) mean[k][0] = mean[k][1] = m2[k][0] = m2[k][1] = 0.0f;
+#pragma unroll 4
     for (int p = p0; p < p1; p++) {
         float inv = 1.0f / (float)(p - p0 + 1);
 #pragma unroll
@@ -68,39 +75,65 @@ __global__ void kc_gn_stats_kernel(const kc_half *x, int C, int P, int G, int S,
     }
 }
 
-// grid (pixel chunks, N); merges the partials, then normalizes rows of C channels.
-__global__ void kc_gn_apply_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta, int C, int P,
-                                   int G, int S, float eps, int silu, const kc_gn_partial *part, int rows_per_block) {
-    extern __shared__ float sm[];  // mean[G], rstd[G]
-    float *s_mean = sm, *s_rstd = sm + G;
-    int n = blockIdx.y;
-    for (int g = threadIdx.x; g < G; g += blockDim.x) {
-        float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
-        for (int s = 0; s < S; s++) {
-            kc_gn_partial q = part[((size_t)n * S + s) * G + g];
-            if (q.count <= 0.0f) continue;
-            float tot = cnt + q.count, d = q.mean - mean;
-            mean += d * q.count / tot;
-            m2 += q.m2 + d * d * cnt * q.count / tot;
-            cnt = tot;
-        }
-        s_mean[g] = mean;
-        s_rstd[g] = rsqrtf(m2 / cnt + eps);
+// One warp per (n, g): merges the S partials (Chan's formula) into mean and 1/std.
+__device__ __forceinline__ void kc_chan_merge(float &cnt, float &mean, float &m2, float c2, float mean2, float m22) {
+    float tot = cnt + c2;
+    if (tot <= 0.0f) return;
+    float d = mean2 - mean;
+    mean += d * c2 / tot;
+    m2 += m22 + d * d * cnt * c2 / tot;
+    cnt = tot;
+}
+__global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, int NG, int G, int S, float eps) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= NG) return;
+    int n = warp / G, g = warp % G;
+    float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
+    for (int s = lane; s < S; s += 32) {
+        kc_gn_partial q = part[((size_t)n * S + s) * G + g];
+        kc_chan_merge(cnt, mean, m2, q.count, q.mean, q.m2);
     }
-    __syncthreads();
-    int cpg = C / G, pairs = C / 2;
-    int p0 = blockIdx.x * rows_per_block, p1 = min(P, p0 + rows_per_block);
-    const kc_half *xn = x + (size_t)n * P * C;
-    kc_half *yn = y + (size_t)n * P * C;
-    for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
-        int c = 2 * j, g0 = c / cpg, g1 = (c + 1) / cpg;
-        float a0 = s_rstd[g0] * gamma[c], b0 = beta[c] - s_mean[g0] * a0;
-        float a1 = s_rstd[g1] * gamma[c + 1], b1 = beta[c + 1] - s_mean[g1] * a1;
-        for (int p = p0; p < p1; p++) {
-            float2 v = __half22float2(*(const __half2 *)&xn[(size_t)p * C + c]);
-            float r0 = v.x * a0 + b0, r1 = v.y * a1 + b1;
-            if (silu) r0 = kc_silu(r0), r1 = kc_silu(r1);
-            *(__half2 *)&yn[(size_t)p * C + c] = __floats2half2_rn(r0, r1);
+    for (int o = 16; o; o >>= 1) {
+        float c2 = __shfl_xor_sync(0xffffffffu, cnt, o), mean2 = __shfl_xor_sync(0xffffffffu, mean, o);
+        float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
+        kc_chan_merge(cnt, mean, m2, c2, mean2, m22);
+    }
+    if (lane == 0) stats[warp] = make_float2(mean, rsqrtf(m2 / cnt + eps));
+}
+
+// Elementwise over NHWC: 8 channels per thread (C % 8 == 0) or 1.
+__global__ void kc_gn_apply_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta, int C,
+                                   long long PC, int G, int silu, const float2 *stats, size_t n, int vec) {
+    int cpg = C / G;
+    if (vec) {
+        for (size_t i = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) * 8; i < n;
+             i += (size_t)gridDim.x * blockDim.x * 8) {
+            int c0 = (int)(i % C);
+            size_t nn = i / PC;
+            uint4 v = *(const uint4 *)&x[i];
+            __half2 *h = (__half2 *)&v;
+            float4 ga = *(const float4 *)&gamma[c0], gb = *(const float4 *)&gamma[c0 + 4];
+            float4 ba = *(const float4 *)&beta[c0], bb = *(const float4 *)&beta[c0 + 4];
+            float gm[8] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+            float bt[8] = {ba.x, ba.y, ba.z, ba.w, bb.x, bb.y, bb.z, bb.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                float2 f = __half22float2(h[k]);
+                float2 s0 = stats[nn * G + (c0 + 2 * k) / cpg], s1 = stats[nn * G + (c0 + 2 * k + 1) / cpg];
+                float r0 = (f.x - s0.x) * s0.y * gm[2 * k] + bt[2 * k];
+                float r1 = (f.y - s1.x) * s1.y * gm[2 * k + 1] + bt[2 * k + 1];
+                if (silu) r0 = kc_silu(r0), r1 = kc_silu(r1);
+                h[k] = __floats2half2_rn(r0, r1);
+            }
+            *(uint4 *)&y[i] = v;
+        }
+    } else {
+        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+            int c = (int)(i % C);
+            float2 st = stats[(i / PC) * G + c / cpg];
+            float r = (__half2float(x[i]) - st.x) * st.y * gamma[c] + beta[c];
+            if (silu) r = kc_silu(r);
+            y[i] = __float2half(r);
         }
     }
 }
@@ -151,19 +184,23 @@ __global__ void kc_gn_generic_kernel(const kc_half *x, kc_half *y, const float *
 int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, int N, int C,
                   int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials) {
     if (G <= 0 || C % G) return kiln_error(KILN_EINVAL, "group norm: %d channels in %d groups", C, G);
-    int cpg = C / G;
     bool nhwc = sc == 1 && sp == C && sn == (long long)P * C;
-    if (nhwc && C % 2 == 0 && cpg % 2 == 0 && C <= 2 * KC_GN_MAX_PAIRS * 1024 && partials) {
+    if (nhwc && C % 2 == 0 && C <= 2 * KC_GN_MAX_PAIRS * 1024 && partials) {
         int S = kc_gn_splits(P);
         int pairs = C / 2;
         int threads = pairs < 1024 ? ((pairs + 31) / 32) * 32 : 1024;
-        kc_gn_stats_kernel<<<dim3(S, N), threads, 2 * C * sizeof(float), s>>>(x, C, P, G, S,
-                                                                               (kc_gn_partial *)partials);
+        kc_gn_partial *part = (kc_gn_partial *)partials;
+        float2 *stats = (float2 *)((char *)partials + (size_t)N * G * KC_GN_MAX_SPLITS * sizeof(kc_gn_partial));
+        kc_gn_stats_kernel<<<dim3(S, N), threads, 2 * C * sizeof(float), s>>>(x, C, P, G, S, part);
         KC_LAUNCHED("group_norm_stats");
-        int rows = 16;
-        int threads_a = pairs < 512 ? ((pairs + 31) / 32) * 32 : 512;
-        kc_gn_apply_kernel<<<dim3((P + rows - 1) / rows, N), threads_a, 2 * G * sizeof(float), s>>>(
-            x, y, gamma, beta, C, P, G, S, eps, silu, (const kc_gn_partial *)partials, rows);
+        int warps = N * G;
+        kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, eps);
+        KC_LAUNCHED("group_norm_finalize");
+        size_t n = (size_t)N * P * C;
+        int vec = C % 8 == 0;
+        size_t work = vec ? n / 8 : n, blocks = (work + 255) / 256;
+        kc_gn_apply_kernel<<<(unsigned)(blocks > 65536 ? 65536 : blocks), 256, 0, s>>>(
+            x, y, gamma, beta, C, (long long)P * C, G, silu, stats, n, vec);
         KC_LAUNCHED("group_norm_apply");
         return 0;
     }
@@ -198,9 +235,74 @@ __global__ void kc_layer_norm_kernel(const kc_half *x, kc_half *y, const float *
         yr[c] = __float2half((__half2float(xr[c]) - mean) * rstd * gamma[c] + beta[c]);
 }
 
+// LayerNorm with the row in registers: one warp per row, V vectors of 8 halves per lane (C = 8 * 32 * V at most).
+template <int V>
+__global__ void kc_layer_norm_warp_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta,
+                                          long long rows, int C, float eps) {
+    long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32, nv = C / 8;
+    if (row >= rows) return;
+    const kc_half *xr = x + row * C;
+    float v[V][8];
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        int j = lane + 32 * k;
+        if (j < nv) {
+            uint4 u = *(const uint4 *)&xr[j * 8];
+            const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 f = __half22float2(h[e]);
+                v[k][2 * e] = f.x, v[k][2 * e + 1] = f.y;
+                sum += f.x + f.y;
+            }
+        }
+    }
+    for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    float mean = sum / (float)C, sq = 0.0f;
+#pragma unroll
+    for (int k = 0; k < V; k++)
+        if (lane + 32 * k < nv)
+#pragma unroll
+            for (int e = 0; e < 8; e++) sq += (v[k][e] - mean) * (v[k][e] - mean);
+    for (int o = 16; o; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+    float rstd = rsqrtf(sq / (float)C + eps);
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        int j = lane + 32 * k;
+        if (j < nv) {
+            uint4 u;
+            __half2 *h = (__half2 *)&u;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int c = j * 8 + 2 * e;
+                h[e] = __floats2half2_rn((v[k][2 * e] - mean) * rstd * gamma[c] + beta[c],
+                                         (v[k][2 * e + 1] - mean) * rstd * gamma[c + 1] + beta[c + 1]);
+            }
+            *(uint4 *)&y[row * C + j * 8] = u;
+        }
+    }
+}
+
 int kc_layer_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, long long rows,
                   int C, float eps) {
     if (rows <= 0) return 0;
+    int V = (C / 8 + 31) / 32;
+    if (C % 8 == 0 && V <= 8) {
+        unsigned blocks = (unsigned)((rows + 7) / 8);  // 8 warps (rows) per block
+        switch (V) {
+        case 1: kc_layer_norm_warp_kernel<1><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 2: kc_layer_norm_warp_kernel<2><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 3: kc_layer_norm_warp_kernel<3><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 4: kc_layer_norm_warp_kernel<4><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 5: kc_layer_norm_warp_kernel<5><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 6: kc_layer_norm_warp_kernel<6><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        default: kc_layer_norm_warp_kernel<8><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        }
+        KC_LAUNCHED("layer_norm");
+        return 0;
+    }
     kc_layer_norm_kernel<<<(unsigned)rows, 128, 0, s>>>(x, y, gamma, beta, C, eps);
     KC_LAUNCHED("layer_norm");
     return 0;

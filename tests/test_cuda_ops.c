@@ -404,6 +404,38 @@ TEST(transformer_block) {
 #undef NORM
 }
 
+TEST(shared_input_linears) {
+    /* Linears that read the same input and feed only attention / add_channel run as one GEMM
+     * writing column ranges of one buffer. */
+    {   /* q/k/v of a self-attention (no bias) */
+        tcase t;
+        tc_begin(&t);
+        int x = tc_input(&t, "x", 3, 2, 37, 64, 0, 1.0f);
+        float s = 1.0f / 8.0f;
+        int q = kiln_plan_linear(t.p, x, tc_weight(&t, "q.w", 2, 64, 64, 0, 0, -s, s), -1);
+        int k = kiln_plan_linear(t.p, x, tc_weight(&t, "k.w", 2, 64, 64, 0, 0, -s, s), -1);
+        int v = kiln_plan_linear(t.p, x, tc_weight(&t, "v.w", 2, 64, 64, 0, 0, -s, s), -1);
+        tc_finish(&t, kiln_plan_attention(t.p, q, k, v, 4, 0), "fused q/k/v -> attention", TOL_ATTN);
+    }
+    {   /* time-embedding projections (with bias) read by add_channel; a third linear on the same
+         * input feeds an activation, so it must stay outside the group */
+        tcase t;
+        tc_begin(&t);
+        int temb = tc_input(&t, "temb", 2, 2, 48, 0, 0, 1.0f);
+        int m = tc_input(&t, "m", 4, 2, 24, 3, 5, 1.0f);
+        float s = 1.0f / sqrtf(48.0f);
+        int e1 = kiln_plan_linear(t.p, temb, tc_weight(&t, "e1.w", 2, 24, 48, 0, 0, -s, s),
+                                  tc_weight(&t, "e1.b", 1, 24, 0, 0, 0, -0.1f, 0.1f));
+        int e2 = kiln_plan_linear(t.p, temb, tc_weight(&t, "e2.w", 2, 24, 48, 0, 0, -s, s),
+                                  tc_weight(&t, "e2.b", 1, 24, 0, 0, 0, -0.1f, 0.1f));
+        int e3 = kiln_plan_linear(t.p, temb, tc_weight(&t, "e3.w", 2, 24, 48, 0, 0, -s, s),
+                                  tc_weight(&t, "e3.b", 1, 24, 0, 0, 0, -0.1f, 0.1f));
+        int h1 = kiln_plan_add_channel(t.p, m, e1), h2 = kiln_plan_add_channel(t.p, m, e2);
+        int h3 = kiln_plan_add_channel(t.p, m, kiln_plan_activation(t.p, e3, KILN_ACT_SILU));
+        tc_finish(&t, kiln_plan_add(t.p, kiln_plan_add(t.p, h1, h2), h3), "fused time-embedding linears", TOL_CHAIN);
+    }
+}
+
 TEST(errors) {
     /* kiln_backend_cuda_create on a device that does not exist fails with a message */
     kiln_backend *be = NULL;
@@ -438,6 +470,7 @@ int main(void) {
     RUN(timestep_embed);
     RUN(resnet_block);
     RUN(transformer_block);
+    RUN(shared_input_linears);
     RUN(errors);
     if (getenv("KILN_CUDA_NO_CUDNN") == NULL) {
         /* the same convolutions once more with cuDNN off: the im2col + cuBLASLt path */

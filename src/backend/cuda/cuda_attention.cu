@@ -15,7 +15,6 @@
 
 #include "backend/cuda/cuda_internal.h"
 
-#define KC_FA_BKV 64
 #define KC_FA_THREADS 128
 
 __device__ __forceinline__ uint32_t kc_smem_addr(const void *p) {
@@ -62,8 +61,8 @@ __device__ __forceinline__ uint32_t kc_ex2_half2(float a, float b) {  // (2^a, 2
 // D: head dim (multiple of 8). DP: D rounded up to 16. MT: 16-row query tiles per warp (the K/V
 // fragments loaded from shared memory serve MT tiles). Shared rows have DP + 8 halves (16-byte
 // aligned rows, and the +8 staggers rows across banks for ldmatrix).
-template <int D, int MT>
-__global__ void __launch_bounds__(KC_FA_THREADS)
+template <int D, int MT, int BKV>
+__global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 blocks per SM fill one wave
     kc_flash_kernel(const kc_half *__restrict__ q, const kc_half *__restrict__ k, const kc_half *__restrict__ v,
                     kc_half *__restrict__ o, int H, int Lq, int Lk, long long ldq, long long ldk, long long ldv,
                     long long ldo, float scale_log2, int causal) {
@@ -73,11 +72,11 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
     constexpr int KSTEPS = DP / 16;     // k-steps of S = Q K^T over the head dim
     constexpr int DTILES = D / 8;       // n-tiles of O over the head dim
     constexpr int CHUNKS = D / 8;       // 16-byte chunks per row
-    constexpr int NT = KC_FA_BKV / 8;   // n-tiles of S over the kv tile
+    constexpr int NT = BKV / 8;   // n-tiles of S over the kv tile
     extern __shared__ __align__(16) kc_half smem[];
     kc_half *sQ = smem;                                 // [BQ][PITCH]
     kc_half *sK = sQ + BQ * PITCH;                      // [2][BKV][PITCH]
-    kc_half *sV = sK + 2 * KC_FA_BKV * PITCH;           // [2][BKV][PITCH]
+    kc_half *sV = sK + 2 * BKV * PITCH;           // [2][BKV][PITCH]
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
@@ -91,9 +90,9 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
     // on the tensor cores instead of 32 additions per thread and tile.
     constexpr bool SUM_BY_MMA = DP != D;
     if (DP != D) {
-        for (int r = tid; r < BQ + 4 * KC_FA_BKV; r += KC_FA_THREADS) {
+        for (int r = tid; r < BQ + 4 * BKV; r += KC_FA_THREADS) {
             kc_half *row = r < BQ ? sQ + r * PITCH : sK + (r - BQ) * PITCH;  // sK is followed by sV
-            bool is_v = r >= BQ + 2 * KC_FA_BKV;
+            bool is_v = r >= BQ + 2 * BKV;
             for (int c = D; c < DP; c++) row[c] = __float2half(is_v && c == D ? 1.0f : 0.0f);
         }
     }
@@ -104,11 +103,11 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
     }
     int kv_end = Lk;
     if (causal) kv_end = min(Lk, qb + BQ);
-    const int n_tiles = (kv_end + KC_FA_BKV - 1) / KC_FA_BKV;
+    const int n_tiles = (kv_end + BKV - 1) / BKV;
     auto load_kv = [&](int tile, int buf) {
-        int k0 = tile * KC_FA_BKV;
-        kc_half *dk = sK + buf * KC_FA_BKV * PITCH, *dv = sV + buf * KC_FA_BKV * PITCH;
-        for (int i = tid; i < KC_FA_BKV * CHUNKS; i += KC_FA_THREADS) {
+        int k0 = tile * BKV;
+        kc_half *dk = sK + buf * BKV * PITCH, *dv = sV + buf * BKV * PITCH;
+        for (int i = tid; i < BKV * CHUNKS; i += KC_FA_THREADS) {
             int r = i / CHUNKS, c = (i % CHUNKS) * 8;
             bool ok = k0 + r < Lk;
             size_t row = ok ? k0 + r : 0;
@@ -136,7 +135,7 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
         kc_cp_commit();
         kc_cp_wait<1>();
         __syncthreads();
-        const kc_half *cK = sK + (j & 1) * KC_FA_BKV * PITCH, *cV = sV + (j & 1) * KC_FA_BKV * PITCH;
+        const kc_half *cK = sK + (j & 1) * BKV * PITCH, *cV = sV + (j & 1) * BKV * PITCH;
 
         // S = Q K^T: MT x 16 rows by 64 kv columns
         float s[MT][NT][4];
@@ -162,8 +161,8 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
                 }
             }
         }
-        const int kv0 = j * KC_FA_BKV;
-        const bool need_mask = kv0 + KC_FA_BKV > Lk || (causal && kv0 + KC_FA_BKV > qb);
+        const int kv0 = j * BKV;
+        const bool need_mask = kv0 + BKV > Lk || (causal && kv0 + BKV > qb);
         uint32_t pk[MT][NT][2];  // P as fp16 pairs: the A fragments of P V
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
@@ -214,7 +213,7 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
         }
         // O += P V
 #pragma unroll
-        for (int kk = 0; kk < KC_FA_BKV / 16; kk++) {
+        for (int kk = 0; kk < BKV / 16; kk++) {
 #pragma unroll
             for (int dt = 0; dt < DTILES; dt += 2) {
                 uint32_t bb[4];
@@ -271,29 +270,30 @@ static int kc_flash_launch(cudaStream_t s, const kc_half *q, const kc_half *k, c
     constexpr int DP = (D + 15) / 16 * 16;
     static int mt1 = -1;
     if (mt1 < 0) mt1 = getenv("KILN_FA_MT1") != NULL;
-    if (D <= 64 && !mt1) {
-        constexpr int MT = D <= 64 ? 2 : 1;
-        size_t smem = (size_t)(64 * MT + 4 * KC_FA_BKV) * (DP + 8) * sizeof(kc_half);
+    if (D <= 64 && !mt1) {  // 128 query rows per block, kv tiles of 32 (registers for 4 blocks per SM)
+        constexpr int MT = 2, BKV = 32;
+        size_t smem = (size_t)(64 * MT + 4 * BKV) * (DP + 8) * sizeof(kc_half);
         static bool configured = false;  // the attribute is per kernel; setting it twice is harmless
         if (!configured) {
-            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, MT, BKV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)smem));
             configured = true;
         }
         dim3 grid((Lq + 64 * MT - 1) / (64 * MT), H, B);
-        kc_flash_kernel<D, MT><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
-                                                                 scale * 1.4426950408889634f, causal);
+        kc_flash_kernel<D, MT, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
+                                                                      scale * 1.4426950408889634f, causal);
     } else {
-        size_t smem = (size_t)(64 + 4 * KC_FA_BKV) * (DP + 8) * sizeof(kc_half);
+        constexpr int BKV = 64;
+        size_t smem = (size_t)(64 + 4 * BKV) * (DP + 8) * sizeof(kc_half);
         static bool configured = false;
         if (!configured) {
-            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, 1, BKV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)smem));
             configured = true;
         }
         dim3 grid((Lq + 63) / 64, H, B);
-        kc_flash_kernel<D, 1><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
-                                                                scale * 1.4426950408889634f, causal);
+        kc_flash_kernel<D, 1, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
+                                                                     scale * 1.4426950408889634f, causal);
     }
     KC_LAUNCHED("flash_attention");
     return 0;

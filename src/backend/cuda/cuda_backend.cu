@@ -46,6 +46,7 @@ typedef struct kc_backend {
 typedef struct kc_slotinfo {
     int buf;                // buffer id (after aliasing), -1 for weights
     void *ptr;              // device data: fp16 (I32 inputs: int32)
+    size_t view_off;        // bytes into its buffer (column range of a horizontally fused GEMM)
     float *f32;             // inputs and outputs: device fp32 staging in the logical layout
     long long ld;           // row stride in elements; 0 = dense
 } kc_slotinfo;
@@ -57,6 +58,10 @@ typedef struct kc_step {
     kc_gemm gemm;
     kc_conv conv;
     int has_gemm, has_conv;
+    // Horizontal fusion: LINEAR ops sharing their input run as one GEMM over concatenated weights
+    // (owned here), writing every member's output as a column range of one buffer.
+    kc_half *wcat, *bcat;
+    int n_total;
 } kc_step;
 
 struct kiln_compiled {
@@ -316,6 +321,7 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         int M = (int)(kiln_slot_numel(sx) / K);
         KILN_TRY(kc_half_ptr(c, op->in[1], &w));
         if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        if (st->wcat) w = st->wcat, b = st->bcat, N = st->n_total;  // first member: offset 0
         long long ldx = c->si[op->in[0]].ld ? c->si[op->in[0]].ld : K;
         long long ldy = c->si[st->out].ld ? c->si[st->out].ld : N;
         if (tune) {
@@ -399,7 +405,8 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         KILN_TRY(kc_half_ptr(c, op->in[1], &e));
         int N = 0, C = 0, H = 0, W = 0;
         KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
-        return kc_add_channel(s, x, e, y, N, C, (long long)H * W);
+        long long lde = c->si[op->in[1]].ld ? c->si[op->in[1]].ld : C;
+        return kc_add_channel(s, x, e, y, N, C, (long long)H * W, lde);
     }
     case KILN_OP_TIMESTEP_EMBED: {
         int id = op->in[0];
@@ -457,6 +464,8 @@ static void kc_free_compiled(kiln_compiled *c) {
     for (int i = 0; i < c->n_steps; i++) {
         if (c->steps[i].has_gemm) kc_gemm_destroy(&c->steps[i].gemm);
         if (c->steps[i].has_conv) kc_conv_destroy(&c->steps[i].conv);
+        cudaFree(c->steps[i].wcat);
+        cudaFree(c->steps[i].bcat);
     }
     cudaFree(c->arena);
     for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
@@ -489,6 +498,99 @@ static size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op) {
     }
     default: return 0;
     }
+}
+
+// Whether every reader of `slot` can take it as a column range (row stride != width).
+static int kc_strided_readers_ok(const kiln_plan *p, int slot) {
+    for (int j = 0; j < p->n_ops; j++) {
+        const kiln_op *op = &p->ops[j];
+        for (int k = 0; k < op->n_in; k++) {
+            if (op->in[k] != slot) continue;
+            if (op->kind == KILN_OP_ATTENTION && k <= 2) continue;
+            if (op->kind == KILN_OP_ADD_CHANNEL && k == 1) continue;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+// Groups LINEAR ops that read the same input (no residual, outputs read only by attention or
+// add_channel): q/k/v of self-attention, k/v of every cross-attention on the shared context, the
+// time-embedding projections of every ResBlock. The first member becomes the fused step.
+static void kc_fuse_horizontal(kiln_compiled *c, const int *readers, int *root) {
+    const kiln_plan *p = c->plan;
+    int no = p->n_ops;
+    int *taken = (int *)calloc((size_t)no + 1, sizeof(int));
+    if (!taken) return;
+    for (int i = 0; i < no; i++) {
+        const kiln_op *a = &p->ops[i];
+        kc_step *sa = &c->steps[i];
+        if (taken[i] || a->kind != KILN_OP_LINEAR || sa->op != i || sa->residual >= 0) continue;
+        if (p->slots[a->out].is_output || p->slots[a->out].ndim == 4 || !kc_strided_readers_ok(p, a->out)) continue;
+        if (p->slots[a->in[1]].kind != KILN_SLOT_WEIGHT) continue;
+        int has_bias = a->in[2] >= 0, n_total = (int)p->slots[a->in[1]].shape[0], members = 1;
+        int64_t rows = kiln_slot_numel(&p->slots[a->out]) / n_total;
+        for (int j = i + 1; j < no; j++) {
+            const kiln_op *b = &p->ops[j];
+            if (taken[j] || b->kind != KILN_OP_LINEAR || b->in[0] != a->in[0] || c->steps[j].op != j ||
+                c->steps[j].residual >= 0 || (b->in[2] >= 0) != has_bias)
+                continue;
+            if (p->slots[b->out].is_output || p->slots[b->in[1]].kind != KILN_SLOT_WEIGHT ||
+                !kc_strided_readers_ok(p, b->out))
+                continue;
+            taken[j] = i + 1;  // member of the group led by op i
+            members++;
+            n_total += (int)p->slots[b->in[1]].shape[0];
+        }
+        if (members < 2) continue;
+        taken[i] = i + 1;
+        sa->n_total = n_total;
+        size_t col = 0;
+        for (int j = i; j < no; j++) {
+            if (taken[j] != i + 1) continue;
+            int out = p->ops[j].out;
+            root[out] = root[a->out];
+            c->si[out].view_off = col * sizeof(kc_half);
+            c->si[out].ld = n_total;
+            col += (size_t)p->slots[p->ops[j].in[1]].shape[0];
+            if (j != i) c->steps[j].op = -1;
+        }
+        (void)rows;
+        (void)readers;
+    }
+    free(taken);
+}
+
+// Builds the concatenated weights (and biases) of horizontally fused GEMMs from the cached copies.
+static int kc_concat_weights(kiln_compiled *c) {
+    const kiln_plan *p = c->plan;
+    for (int i = 0; i < p->n_ops; i++) {
+        kc_step *st = &c->steps[i];
+        if (st->op < 0 || !st->n_total) continue;
+        const kiln_op *a = &p->ops[i];
+        int K = (int)p->slots[a->in[1]].shape[1], has_bias = a->in[2] >= 0;
+        KC_CUDA(cudaMalloc((void **)&st->wcat, (size_t)st->n_total * K * sizeof(kc_half)));
+        if (has_bias) KC_CUDA(cudaMalloc((void **)&st->bcat, (size_t)st->n_total * sizeof(kc_half)));
+        size_t row = 0;
+        for (int j = i; j < p->n_ops; j++) {
+            const kiln_op *b = &p->ops[j];
+            if (b->kind != KILN_OP_LINEAR || b->in[0] != a->in[0] || c->si[b->out].ld != st->n_total ||
+                c->si[b->out].buf != c->si[a->out].buf)
+                continue;
+            const kc_half *w = NULL, *bias = NULL;
+            KILN_TRY(kc_half_ptr(c, b->in[1], &w));
+            size_t n = (size_t)p->slots[b->in[1]].shape[0];
+            KC_CUDA(cudaMemcpy(st->wcat + row * K, w, n * K * sizeof(kc_half), cudaMemcpyDeviceToDevice));
+            if (has_bias) {
+                KILN_TRY(kc_half_ptr(c, b->in[2], &bias));
+                KC_CUDA(cudaMemcpy(st->bcat + row, bias, n * sizeof(kc_half), cudaMemcpyDeviceToDevice));
+            }
+            row += n;
+        }
+        if (row != (size_t)st->n_total)
+            return kiln_error(KILN_EBACKEND, "fused GEMM at op %d: %zu of %d rows found", i, row, st->n_total);
+    }
+    return 0;
 }
 
 static int kc_compile_impl(kiln_compiled *c) {
@@ -542,6 +644,7 @@ static int kc_compile_impl(kiln_compiled *c) {
             }
         }
     }
+    if (!getenv("KILN_CUDA_NO_FUSE")) kc_fuse_horizontal(c, readers, root);
     // Buffers: one per root slot that holds data (inputs, activations), lifetimes in step order.
     for (int i = 0; i < ns; i++) bufs[i].first = INT_MAX, bufs[i].last = -1;
     for (int i = 0; i < ns; i++) {
@@ -575,6 +678,12 @@ static int kc_compile_impl(kiln_compiled *c) {
     }
     for (int i = 0; i < ns; i++)
         if (root[i] != i || p->slots[i].kind == KILN_SLOT_WEIGHT) bufs[i].size = 0;
+    for (int i = 0; i < no; i++)  // a fused GEMM's buffer holds all its members' columns
+        if (c->steps[i].op >= 0 && c->steps[i].n_total) {
+            const kiln_slot *so = &p->slots[p->ops[i].out];
+            int64_t rows = kiln_slot_numel(so) / so->shape[so->ndim - 1];
+            bufs[root[p->ops[i].out]].size = (size_t)rows * c->steps[i].n_total * sizeof(kc_half);
+        }
     c->arena_bytes = kc_plan_memory(bufs, ns);
     // Scratch after the activations.
     for (int i = 0; i < no; i++) {
@@ -609,7 +718,7 @@ static int kc_compile_impl(kiln_compiled *c) {
         const kiln_slot *s = &p->slots[i];
         if (s->kind == KILN_SLOT_WEIGHT) continue;
         c->si[i].buf = root[i];
-        c->si[i].ptr = c->arena + bufs[root[i]].offset;
+        c->si[i].ptr = c->arena + bufs[root[i]].offset + c->si[i].view_off;
         if (s->kind == KILN_SLOT_INPUT && s->dtype == KILN_SLOT_I32) c->si[i].ptr = c->si[i].f32;
     }
     // Random finite data everywhere, so tuning never times zeros or NaNs.
@@ -629,6 +738,8 @@ static int kc_compile_impl(kiln_compiled *c) {
             if (rc) goto done;
         }
     }
+    rc = kc_concat_weights(c);
+    if (rc) goto done;
     // Tuning run (uploads weights on first use), then the graph.
     rc = kc_execute(c, 1);
     if (rc) goto done;
@@ -774,8 +885,9 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
                     st->conv.W, st->conv.O, st->conv.kh, st->conv.stride, op->label,
                     st->residual >= 0 ? " +residual" : "");
         else if (st->has_gemm)
-            fprintf(f, "op %4d linear %-6s %8.3f ms  %s%s\n", st->op, "lt", st->gemm.best_ms, op->label,
-                    st->residual >= 0 ? " +residual" : "");
+            fprintf(f, "op %4d linear %-6s %8.3f ms  M %d N %d K %d  %s%s%s\n", st->op, "lt", st->gemm.best_ms,
+                    st->gemm.M, st->gemm.N, st->gemm.K, op->label, st->residual >= 0 ? " +residual" : "",
+                    st->n_total ? " (horizontally fused)" : "");
     }
     fprintf(f, "arena %.1f MiB + scratch %.1f MiB, graph %s\n", c->arena_bytes / 1048576.0,
             c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");

@@ -1,21 +1,21 @@
 // cuda_norm.cu — GroupNorm (optionally fused with SiLU) and LayerNorm on fp16 data, fp32 statistics.
 //
-// GroupNorm on NHWC data runs in three kernels: (1) blocks over short pixel ranges keep a Welford
-// state per channel (coalesced reads of whole pixel rows), merge them per group and write (mean, M2)
-// partials; (2) one warp per group merges the partials (Chan's formula) into mean and 1/std;
-// (3) an elementwise pass writes act((x - mean) * rstd * gamma + beta), 8 channels per thread.
+// GroupNorm on NHWC data (C % 8 == 0) runs in three kernels: (1) blocks over pixel ranges sum
+// shifted values per channel (16-byte coalesced reads of whole pixel rows), merge them per group
+// and write (mean, M2) partials; (2) one warp per group merges the partials (Chan's formula) into
+// mean and 1/std; (3) a streaming pass writes act(x * a + b), a and b folded per channel.
 // Other layouts use a simple block-per-group kernel.
 #include "backend/cuda/cuda_internal.h"
 
-#define KC_GN_MAX_PAIRS 4  // channel pairs per thread: C <= 2 * 4 * 1024
 
 typedef struct kc_gn_partial { float mean, m2, count, pad; } kc_gn_partial;
 
-#define KC_GN_MAX_SPLITS 256
+#define KC_GN_MAX_SPLITS 64
 
-// Pixel ranges per image for the statistics: about 8-16 pixels per block, at most 256 blocks.
-static int kc_gn_splits(int P) {
-    int s = P / 8;
+// Pixel ranges per image for the statistics, at most 64: about 16 pixels per block where a block
+// has several pixel lanes, 4 where it has one (wide C), so small maps still fill the GPU.
+static int kc_gn_splits(int P, int PR) {
+    int s = PR >= 4 ? P / 16 : P / 4;
     return s < 1 ? 1 : s > KC_GN_MAX_SPLITS ? KC_GN_MAX_SPLITS : s;
 }
 
@@ -25,50 +25,63 @@ size_t kc_group_norm_scratch(int N, int G) {
 
 __device__ __forceinline__ float kc_silu(float v) { return v / (1.0f + __expf(-v)); }
 
-// grid (S, N); thread j owns channel pairs j, j + blockDim.x, ...
+// Threads of a block: channel octet j = tid % C8 (8 channels, one 16-byte load), pixel lane
+// pr = tid / C8 (PR lanes); so a thread's channels never change and its loop has no divisions.
+// grid (S, N): block s sums pixels [p0, p1) of image n. Sums are shifted by the block's first
+// pixel (a sample of each channel), which keeps E[d^2] - E[d]^2 free of cancellation.
 __global__ void kc_gn_stats_kernel(const kc_half *x, int C, int P, int G, int S, kc_gn_partial *part) {
-    extern __shared__ float sm[];  // mean[C], m2[C]
-    float *s_mean = sm, *s_m2 = sm + C;
-    int n = blockIdx.y, s = blockIdx.x;
-    int p0 = (int)((long long)P * s / S), p1 = (int)((long long)P * (s + 1) / S);
-    int pairs = C / 2;
-    const kc_half *xn = x + (size_t)n * P * C;
-    float mean[KC_GN_MAX_PAIRS][2], m2[KC_GN_MAX_PAIRS][2];
+    extern __shared__ float sm[];  // s1[PR][C], s2[PR][C], shift[C]
+    const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
+    float *s1 = sm, *s2 = sm + PR * C, *shift = sm + 2 * PR * C;
+    const int n = blockIdx.y, s = blockIdx.x;
+    const int p0 = (int)((long long)P * s / S), p1 = (int)((long long)P * (s + 1) / S);
+    const kc_half *xn = x + (size_t)n * P * C + j * 8;
+    float sh[8], a1[8], a2[8];
+    {
+        uint4 u = *(const uint4 *)&xn[(size_t)p0 * C];
+        const __half2 *h = (const __half2 *)&u;
 #pragma unroll
-    for (int k = 0; k < KC_GN_MAX_PAIRS; k++) mean[k][0] = mean[k][1] = m2[k][0] = m2[k][1] = 0.0f;
-#pragma unroll 4
-    for (int p = p0; p < p1; p++) {
-        float inv = 1.0f / (float)(p - p0 + 1);
-#pragma unroll
-        for (int k = 0; k < KC_GN_MAX_PAIRS; k++) {
-            int j = threadIdx.x + k * blockDim.x;
-            if (j < pairs) {
-                float2 v = __half22float2(*(const __half2 *)&xn[(size_t)p * C + 2 * j]);
-                float d0 = v.x - mean[k][0], d1 = v.y - mean[k][1];
-                mean[k][0] += d0 * inv, mean[k][1] += d1 * inv;
-                m2[k][0] += d0 * (v.x - mean[k][0]), m2[k][1] += d1 * (v.y - mean[k][1]);
-            }
+        for (int e = 0; e < 4; e++) {
+            float2 f = __half22float2(h[e]);
+            sh[2 * e] = f.x, sh[2 * e + 1] = f.y;
         }
     }
 #pragma unroll
-    for (int k = 0; k < KC_GN_MAX_PAIRS; k++) {
-        int j = threadIdx.x + k * blockDim.x;
-        if (j < pairs) {
-            s_mean[2 * j] = mean[k][0], s_mean[2 * j + 1] = mean[k][1];
-            s_m2[2 * j] = m2[k][0], s_m2[2 * j + 1] = m2[k][1];
+    for (int e = 0; e < 8; e++) a1[e] = a2[e] = 0.0f;
+#pragma unroll 4
+    for (int p = p0 + pr; p < p1; p += PR) {
+        uint4 u = *(const uint4 *)&xn[(size_t)p * C];
+        const __half2 *h = (const __half2 *)&u;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 f = __half22float2(h[e]);
+            float d0 = f.x - sh[2 * e], d1 = f.y - sh[2 * e + 1];
+            a1[2 * e] += d0, a2[2 * e] += d0 * d0;
+            a1[2 * e + 1] += d1, a2[2 * e + 1] += d1 * d1;
         }
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e++) s1[pr * C + j * 8 + e] = a1[e], s2[pr * C + j * 8 + e] = a2[e];
+    if (pr == 0)
+#pragma unroll
+        for (int e = 0; e < 8; e++) shift[j * 8 + e] = sh[e];
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float t1 = 0.0f, t2 = 0.0f;
+        for (int r = 0; r < PR; r++) t1 += s1[r * C + c], t2 += s2[r * C + c];
+        s1[c] = t1, s2[c] = t2;
     }
     __syncthreads();
-    int cpg = C / G;
-    float cnt = (float)(p1 - p0);
+    const int cpg = C / G;
+    const float cnt = (float)(p1 - p0);
     for (int g = threadIdx.x; g < G; g += blockDim.x) {
         float mg = 0.0f;
-        for (int c = g * cpg; c < (g + 1) * cpg; c++) mg += s_mean[c];
+        for (int c = g * cpg; c < (g + 1) * cpg; c++) mg += shift[c] + s1[c] / cnt;
         mg /= (float)cpg;
         float M2 = 0.0f;
         for (int c = g * cpg; c < (g + 1) * cpg; c++) {
-            float d = s_mean[c] - mg;
-            M2 += s_m2[c] + cnt * d * d;
+            float mc = shift[c] + s1[c] / cnt, d = mc - mg;
+            M2 += fmaxf(s2[c] - s1[c] * s1[c] / cnt, 0.0f) + cnt * d * d;
         }
         kc_gn_partial r = {mg, M2, cnt * cpg, 0.0f};
         part[((size_t)n * S + s) * G + g] = r;
@@ -101,40 +114,34 @@ __global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, 
     if (lane == 0) stats[warp] = make_float2(mean, rsqrtf(m2 / cnt + eps));
 }
 
-// Elementwise over NHWC: 8 channels per thread (C % 8 == 0) or 1.
-__global__ void kc_gn_apply_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta, int C,
-                                   long long PC, int G, int silu, const float2 *stats, size_t n, int vec) {
-    int cpg = C / G;
-    if (vec) {
-        for (size_t i = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) * 8; i < n;
-             i += (size_t)gridDim.x * blockDim.x * 8) {
-            int c0 = (int)(i % C);
-            size_t nn = i / PC;
-            uint4 v = *(const uint4 *)&x[i];
-            __half2 *h = (__half2 *)&v;
-            float4 ga = *(const float4 *)&gamma[c0], gb = *(const float4 *)&gamma[c0 + 4];
-            float4 ba = *(const float4 *)&beta[c0], bb = *(const float4 *)&beta[c0 + 4];
-            float gm[8] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
-            float bt[8] = {ba.x, ba.y, ba.z, ba.w, bb.x, bb.y, bb.z, bb.w};
+// Same thread layout as the statistics: each thread folds mean, 1/std, gamma and beta of its 8
+// channels into y = x * a + b once, then streams pixels. grid (pixel chunks, N).
+__global__ void kc_gn_apply_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta, int C, int P,
+                                   int G, int silu, const float2 *stats, int pixels_per_block) {
+    const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
+    const int n = blockIdx.y, cpg = C / G;
+    float a[8], b[8];
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                float2 f = __half22float2(h[k]);
-                float2 s0 = stats[nn * G + (c0 + 2 * k) / cpg], s1 = stats[nn * G + (c0 + 2 * k + 1) / cpg];
-                float r0 = (f.x - s0.x) * s0.y * gm[2 * k] + bt[2 * k];
-                float r1 = (f.y - s1.x) * s1.y * gm[2 * k + 1] + bt[2 * k + 1];
-                if (silu) r0 = kc_silu(r0), r1 = kc_silu(r1);
-                h[k] = __floats2half2_rn(r0, r1);
-            }
-            *(uint4 *)&y[i] = v;
+    for (int e = 0; e < 8; e++) {
+        int c = j * 8 + e;
+        float2 st = stats[n * G + c / cpg];
+        a[e] = st.y * gamma[c];
+        b[e] = beta[c] - st.x * a[e];
+    }
+    const int p0 = blockIdx.x * pixels_per_block, p1 = min(P, p0 + pixels_per_block);
+    const size_t base = (size_t)n * P * C + j * 8;
+#pragma unroll 4
+    for (int p = p0 + pr; p < p1; p += PR) {
+        uint4 u = *(const uint4 *)&x[base + (size_t)p * C];
+        __half2 *h = (__half2 *)&u;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float2 f = __half22float2(h[e]);
+            float r0 = f.x * a[2 * e] + b[2 * e], r1 = f.y * a[2 * e + 1] + b[2 * e + 1];
+            if (silu) r0 = kc_silu(r0), r1 = kc_silu(r1);
+            h[e] = __floats2half2_rn(r0, r1);
         }
-    } else {
-        for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-            int c = (int)(i % C);
-            float2 st = stats[(i / PC) * G + c / cpg];
-            float r = (__half2float(x[i]) - st.x) * st.y * gamma[c] + beta[c];
-            if (silu) r = kc_silu(r);
-            y[i] = __float2half(r);
-        }
+        *(uint4 *)&y[base + (size_t)p * C] = u;
     }
 }
 
@@ -185,22 +192,21 @@ int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gam
                   int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials) {
     if (G <= 0 || C % G) return kiln_error(KILN_EINVAL, "group norm: %d channels in %d groups", C, G);
     bool nhwc = sc == 1 && sp == C && sn == (long long)P * C;
-    if (nhwc && C % 2 == 0 && C <= 2 * KC_GN_MAX_PAIRS * 1024 && partials) {
-        int S = kc_gn_splits(P);
-        int pairs = C / 2;
-        int threads = pairs < 1024 ? ((pairs + 31) / 32) * 32 : 1024;
+    int C8 = C / 8;
+    if (nhwc && C % 8 == 0 && C8 <= 512 && partials && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0) {
+        int PR = C8 >= 256 ? 1 : 256 / C8, threads = C8 * PR;
+        int S = kc_gn_splits(P, PR);
         kc_gn_partial *part = (kc_gn_partial *)partials;
         float2 *stats = (float2 *)((char *)partials + (size_t)N * G * KC_GN_MAX_SPLITS * sizeof(kc_gn_partial));
-        kc_gn_stats_kernel<<<dim3(S, N), threads, 2 * C * sizeof(float), s>>>(x, C, P, G, S, part);
+        size_t smem = (size_t)(2 * PR + 1) * C * sizeof(float);
+        kc_gn_stats_kernel<<<dim3(S, N), threads, smem, s>>>(x, C, P, G, S, part);
         KC_LAUNCHED("group_norm_stats");
         int warps = N * G;
         kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, eps);
         KC_LAUNCHED("group_norm_finalize");
-        size_t n = (size_t)N * P * C;
-        int vec = C % 8 == 0;
-        size_t work = vec ? n / 8 : n, blocks = (work + 255) / 256;
-        kc_gn_apply_kernel<<<(unsigned)(blocks > 65536 ? 65536 : blocks), 256, 0, s>>>(
-            x, y, gamma, beta, C, (long long)P * C, G, silu, stats, n, vec);
+        int ppb = PR * ((long long)N * P * C8 >= 65536 ? 8 : 2);  // pixels per block: fewer on small maps
+        kc_gn_apply_kernel<<<dim3((P + ppb - 1) / ppb, N), threads, 0, s>>>(x, y, gamma, beta, C, P, G, silu, stats,
+                                                                            ppb);
         KC_LAUNCHED("group_norm_apply");
         return 0;
     }

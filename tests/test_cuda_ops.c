@@ -15,9 +15,6 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "test.h"
-#ifdef KILN_HAVE_CUDA
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 #define TOL_OP 2e-3
 #define TOL_ATTN 5e-3
@@ -445,10 +442,7 @@ TEST(errors) {
 }
 
 int main(void) {
-#ifndef KILN_HAVE_CUDA
-    printf("skipped: built without CUDA\n");
-    return 77;
-#else
+    /* without a GPU (or a build without CUDA, where the entry point reports so) the test is skipped */
     g_verbose = getenv("KILN_TEST_VERBOSE") != NULL;
     if (kiln_backend_cuda_create(0, &g_gpu) != 0) {
         printf("skipped: %s\n", kiln_last_error());
@@ -484,5 +478,4 @@ int main(void) {
     kiln_backend_destroy(g_gpu);
     kiln_backend_destroy(g_cpu);
     return test_summary();
-#endif
 }

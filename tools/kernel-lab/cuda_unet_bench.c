@@ -144,7 +144,15 @@ int main(int argc, char **argv) {
         for (int i = 0; i < batch; i++) t[i] = 981.5f - 100.0f * i;
         const char *names[4] = {"x", "t", "context", "out"};
         void *bufs[4] = {x, t, ctx, out_g};
-        int rc = kiln_backend_run_named(gpu, p, 4, names, bufs);
+        /* run the compiled plan that was just replayed many times (its graph, its buffers) */
+        int ins[8], outs[8], n_in = 0, n_out = 0, rc = 0;
+        kiln_plan_io_order(p, ins, &n_in, outs, &n_out);
+        const void *in_bufs[8];
+        for (int i = 0; i < n_in; i++)
+            for (int k = 0; k < 3; k++)
+                if (!strcmp(p->slots[ins[i]].name, names[k])) in_bufs[i] = bufs[k];
+        void *out_bufs[1] = {out_g};
+        rc = gpu->ops->run(c, in_bufs, out_bufs);
         kiln_backend *cpu = NULL;
         if (rc == 0) rc = kiln_backend_cpu_create(0, &cpu);
         bufs[3] = out_c;

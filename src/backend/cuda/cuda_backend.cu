@@ -76,11 +76,14 @@ struct kiln_compiled {
     void *scratch;
     cudaGraph_t graph;
     cudaGraphExec_t exec;
+    unsigned *counters;     // KC_MAX_COUNTERS zeroed ints for kernels that count finished blocks
     struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
     int n_wrefs, cap_wrefs;
 };
 
 static size_t kc_align(size_t n) { return (n + 255) & ~(size_t)255; }
+
+#define KC_MAX_COUNTERS 1024
 
 static int kc_nhwc(const kiln_slot *s) { return s->ndim == 4; }
 
@@ -189,6 +192,17 @@ static int kc_weight_get(kiln_compiled *c, const kiln_weight *w, int f32, void *
     }
     *out = be->cache[at].dev;
     return 0;
+}
+
+// Gives up plan c's count on a weight's device copy (its data now lives elsewhere, e.g. in a
+// concatenated weight), so the copy is freed when no other plan uses it.
+static void kc_weight_drop(kiln_compiled *c, const kiln_weight *w, int f32) {
+    for (int i = 0; i < c->n_wrefs; i++)
+        if (c->wrefs[i].w == w && c->wrefs[i].f32 == f32) {
+            c->wrefs[i] = c->wrefs[--c->n_wrefs];
+            kc_cache_release(c->be, w, f32);
+            return;
+        }
 }
 
 // Device pointer of a slot read as fp16 data (weights from the cache).
@@ -319,9 +333,12 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         const kiln_slot *sw = &p->slots[op->in[1]];
         int N = (int)sw->shape[0], K = (int)sw->shape[1];
         int M = (int)(kiln_slot_numel(sx) / K);
-        KILN_TRY(kc_half_ptr(c, op->in[1], &w));
-        if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
-        if (st->wcat) w = st->wcat, b = st->bcat, N = st->n_total;  // first member: offset 0
+        if (st->wcat) {  // horizontally fused: the concatenated weights; this op's columns come first
+            w = st->wcat, b = st->bcat, N = st->n_total;
+        } else {
+            KILN_TRY(kc_half_ptr(c, op->in[1], &w));
+            if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        }
         long long ldx = c->si[op->in[0]].ld ? c->si[op->in[0]].ld : K;
         long long ldy = c->si[st->out].ld ? c->si[st->out].ld : N;
         if (tune) {
@@ -339,7 +356,7 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long P = kiln_slot_numel(sx) / ((long long)N * C);
         long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
         return kc_group_norm(s, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp, op->eps,
-                             op->act == KILN_ACT_SILU, c->scratch);
+                             op->act == KILN_ACT_SILU, c->scratch, N <= KC_MAX_COUNTERS ? c->counters : NULL);
     }
     case KILN_OP_LAYER_NORM: {
         if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
@@ -468,6 +485,7 @@ static void kc_free_compiled(kiln_compiled *c) {
         cudaFree(c->steps[i].bcat);
     }
     cudaFree(c->arena);
+    cudaFree(c->counters);
     for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
     free(c->wrefs);
     free(c->si);
@@ -586,6 +604,8 @@ static int kc_concat_weights(kiln_compiled *c) {
                 KC_CUDA(cudaMemcpy(st->bcat + row, bias, n * sizeof(kc_half), cudaMemcpyDeviceToDevice));
             }
             row += n;
+            kc_weight_drop(c, p->slots[b->in[1]].weight, 0);
+            if (has_bias) kc_weight_drop(c, p->slots[b->in[2]].weight, 0);
         }
         if (row != (size_t)st->n_total)
             return kiln_error(KILN_EBACKEND, "fused GEMM at op %d: %zu of %d rows found", i, row, st->n_total);
@@ -701,6 +721,12 @@ static int kc_compile_impl(kiln_compiled *c) {
         goto done;
     }
     c->scratch = c->arena + c->arena_bytes;
+    if (cudaMalloc((void **)&c->counters, KC_MAX_COUNTERS * sizeof(unsigned)) != cudaSuccess ||
+        cudaMemsetAsync(c->counters, 0, KC_MAX_COUNTERS * sizeof(unsigned), L->stream) != cudaSuccess) {
+        cudaGetLastError();
+        rc = kiln_error(KILN_ENOMEM, "out of GPU memory for %d counters", KC_MAX_COUNTERS);
+        goto done;
+    }
     {
         char *io = c->arena + c->arena_bytes + c->scratch_bytes;
         for (int i = 0; i < c->n_in; i++) {
@@ -889,8 +915,16 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
                     st->gemm.M, st->gemm.N, st->gemm.K, op->label, st->residual >= 0 ? " +residual" : "",
                     st->n_total ? " (horizontally fused)" : "");
     }
-    fprintf(f, "arena %.1f MiB + scratch %.1f MiB, graph %s\n", c->arena_bytes / 1048576.0,
-            c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");
+    double wbytes = 0;
+    for (int i = 0; i < c->n_wrefs; i++)
+        wbytes += (double)kiln_weight_numel(c->wrefs[i].w) * (c->wrefs[i].f32 ? 4 : 2);
+    for (int i = 0; i < c->n_steps; i++)
+        if (c->steps[i].wcat) {
+            const kiln_op *op = &c->plan->ops[i];
+            wbytes += (double)c->steps[i].n_total * (c->plan->slots[op->in[1]].shape[1] + (c->steps[i].bcat ? 1 : 0)) * 2;
+        }
+    fprintf(f, "weights %.1f MiB, arena %.1f MiB + scratch %.1f MiB, graph %s\n", wbytes / 1048576.0,
+            c->arena_bytes / 1048576.0, c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");
 }
 
 int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms) {

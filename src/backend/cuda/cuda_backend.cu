@@ -76,14 +76,11 @@ struct kiln_compiled {
     void *scratch;
     cudaGraph_t graph;
     cudaGraphExec_t exec;
-    unsigned *counters;     // KC_MAX_COUNTERS zeroed ints for kernels that count finished blocks
     struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
     int n_wrefs, cap_wrefs;
 };
 
 static size_t kc_align(size_t n) { return (n + 255) & ~(size_t)255; }
-
-#define KC_MAX_COUNTERS 1024
 
 static int kc_nhwc(const kiln_slot *s) { return s->ndim == 4; }
 
@@ -356,7 +353,7 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long P = kiln_slot_numel(sx) / ((long long)N * C);
         long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
         return kc_group_norm(s, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp, op->eps,
-                             op->act == KILN_ACT_SILU, c->scratch, N <= KC_MAX_COUNTERS ? c->counters : NULL);
+                             op->act == KILN_ACT_SILU, c->scratch);
     }
     case KILN_OP_LAYER_NORM: {
         if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
@@ -485,7 +482,6 @@ static void kc_free_compiled(kiln_compiled *c) {
         cudaFree(c->steps[i].bcat);
     }
     cudaFree(c->arena);
-    cudaFree(c->counters);
     for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
     free(c->wrefs);
     free(c->si);
@@ -721,12 +717,6 @@ static int kc_compile_impl(kiln_compiled *c) {
         goto done;
     }
     c->scratch = c->arena + c->arena_bytes;
-    if (cudaMalloc((void **)&c->counters, KC_MAX_COUNTERS * sizeof(unsigned)) != cudaSuccess ||
-        cudaMemsetAsync(c->counters, 0, KC_MAX_COUNTERS * sizeof(unsigned), L->stream) != cudaSuccess) {
-        cudaGetLastError();
-        rc = kiln_error(KILN_ENOMEM, "out of GPU memory for %d counters", KC_MAX_COUNTERS);
-        goto done;
-    }
     {
         char *io = c->arena + c->arena_bytes + c->scratch_bytes;
         for (int i = 0; i < c->n_in; i++) {

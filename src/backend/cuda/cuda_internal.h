@@ -100,13 +100,10 @@ extern const size_t kc_gemm_workspace_bytes;
 
 // ---- norms (cuda_norm.cu)
 // GroupNorm over x laid out as element (n, c, p) at n*sn + c*sc + p*sp (p = spatial index, P of them).
-// partials: scratch of kc_group_norm_scratch(N, G) bytes. counters: N zeroed unsigned ints the
-// statistics kernel uses (and leaves zeroed) to let its last block merge the partials; NULL runs a
-// separate merge kernel instead.
+// partials: scratch of kc_group_norm_scratch(N, G) bytes.
 size_t kc_group_norm_scratch(int N, int G);
 int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, int N, int C,
-                  int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials,
-                  unsigned *counters);
+                  int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials);
 int kc_layer_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, long long rows,
                   int C, float eps);
 

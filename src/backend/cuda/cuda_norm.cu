@@ -29,10 +29,7 @@ __device__ __forceinline__ float kc_silu(float v) { return v / (1.0f + __expf(-v
 // pr = tid / C8 (PR lanes); so a thread's channels never change and its loop has no divisions.
 // grid (S, N): block s sums pixels [p0, p1) of image n. Sums are shifted by the block's first
 // pixel (a sample of each channel), which keeps E[d^2] - E[d]^2 free of cancellation.
-__device__ __forceinline__ void kc_chan_merge(float &cnt, float &mean, float &m2, float c2, float mean2, float m22);
-
-__global__ void kc_gn_stats_kernel(const kc_half *x, int C, int P, int G, int S, kc_gn_partial *part,
-                                   unsigned *counters, float2 *stats, float eps) {
+__global__ void kc_gn_stats_kernel(const kc_half *x, int C, int P, int G, int S, kc_gn_partial *part) {
     extern __shared__ float sm[];  // s1[PR][C], s2[PR][C], shift[C]
     const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
     float *s1 = sm, *s2 = sm + PR * C, *shift = sm + 2 * PR * C;
@@ -89,31 +86,6 @@ __global__ void kc_gn_stats_kernel(const kc_half *x, int C, int P, int G, int S,
         kc_gn_partial r = {mg, M2, cnt * cpg, 0.0f};
         part[((size_t)n * S + s) * G + g] = r;
     }
-    if (!counters) return;
-    // The last block of image n to finish merges all S partials per group (one warp per group),
-    // which saves a separate finalize launch. The counter is reset for the next run.
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&counters[n], 1u) == (unsigned)S - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
-    for (int g = warp; g < G; g += nwarps) {
-        float c = 0.0f, mean = 0.0f, m2 = 0.0f;
-        for (int q = lane; q < S; q += 32) {
-            const kc_gn_partial *pq = &part[((size_t)n * S + q) * G + g];
-            kc_chan_merge(c, mean, m2, __ldcg(&pq->count), __ldcg(&pq->mean), __ldcg(&pq->m2));
-        }
-        for (int o = 16; o; o >>= 1) {
-            float c2 = __shfl_xor_sync(0xffffffffu, c, o), mean2 = __shfl_xor_sync(0xffffffffu, mean, o);
-            float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
-            kc_chan_merge(c, mean, m2, c2, mean2, m22);
-        }
-        if (lane == 0) stats[n * G + g] = make_float2(mean, rsqrtf(m2 / c + eps));
-    }
-    if (threadIdx.x == 0) counters[n] = 0;
 }
 
 // One warp per (n, g): merges the S partials (Chan's formula) into mean and 1/std.
@@ -217,8 +189,7 @@ __global__ void kc_gn_generic_kernel(const kc_half *x, kc_half *y, const float *
 }
 
 int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, int N, int C,
-                  int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials,
-                  unsigned *counters) {
+                  int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials) {
     if (G <= 0 || C % G) return kiln_error(KILN_EINVAL, "group norm: %d channels in %d groups", C, G);
     bool nhwc = sc == 1 && sp == C && sn == (long long)P * C;
     int C8 = C / 8;
@@ -228,16 +199,11 @@ int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gam
         kc_gn_partial *part = (kc_gn_partial *)partials;
         float2 *stats = (float2 *)((char *)partials + (size_t)N * G * KC_GN_MAX_SPLITS * sizeof(kc_gn_partial));
         size_t smem = (size_t)(2 * PR + 1) * C * sizeof(float);
-        if (counters) {
-            kc_gn_stats_kernel<<<dim3(S, N), threads, smem, s>>>(x, C, P, G, S, part, counters, stats, eps);
-            KC_LAUNCHED("group_norm_stats");
-        } else {
-            kc_gn_stats_kernel<<<dim3(S, N), threads, smem, s>>>(x, C, P, G, S, part, NULL, NULL, eps);
-            KC_LAUNCHED("group_norm_stats");
-            int warps = N * G;
-            kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, eps);
-            KC_LAUNCHED("group_norm_finalize");
-        }
+        kc_gn_stats_kernel<<<dim3(S, N), threads, smem, s>>>(x, C, P, G, S, part);
+        KC_LAUNCHED("group_norm_stats");
+        int warps = N * G;
+        kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, eps);
+        KC_LAUNCHED("group_norm_finalize");
         int ppb = PR * ((long long)N * P * C8 >= 65536 ? 8 : 2);  // pixels per block: fewer on small maps
         kc_gn_apply_kernel<<<dim3((P + ppb - 1) / ppb, N), threads, 0, s>>>(x, y, gamma, beta, C, P, G, silu, stats,
                                                                             ppb);

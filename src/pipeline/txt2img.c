@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/error.h"
 #include "core/sha256.h"
@@ -30,6 +31,12 @@ void kiln_gen_params_init(kiln_gen_params *p) {
     p->clip_skip = 1;
     p->rng = "GPU";
     p->eta = -1;
+}
+
+double kiln_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 void kiln_sample_trace_free(kiln_sample_trace *t) {
@@ -152,8 +159,10 @@ int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *
         trace->noise = malloc(sizeof(float) * n);
         if (trace->noise) memcpy(trace->noise, latents, sizeof(float) * n);
     }
+    double t0 = kiln_now(), t1 = t0;
     if (rc == KILN_OK) {
         rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, p->steps, 0, p->clip_skip, NULL);
+        t1 = kiln_now();
         den.batch = batch;
         den.channels = C;
         den.lat_h = h;
@@ -199,6 +208,8 @@ int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *
         }
     }
     if (trace) {
+        trace->encode_s = t1 - t0;
+        trace->sample_s = kiln_now() - t1;
         trace->sampler = s;
         trace->scheduler_label = kiln_scheduler_get(sched_id)->label;
         if (automatic) trace->scheduler_label = kiln_scheduler_get(KILN_SCHED_AUTOMATIC)->label;

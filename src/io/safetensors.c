@@ -21,8 +21,8 @@
 /* A header above this is refused: real files have headers of a few hundred KiB. */
 #define KILN_ST_MAX_HEADER (100u << 20)
 
-static const char *const dtype_names[KILN_DTYPE_COUNT] = {"F32", "F16", "BF16", "I64", "I32", "U8"};
-static const size_t dtype_sizes[KILN_DTYPE_COUNT] = {4, 2, 2, 8, 4, 1};
+static const char *const dtype_names[KILN_DTYPE_COUNT] = {"F32", "F16", "BF16", "I64", "I32", "U8", "F64"};
+static const size_t dtype_sizes[KILN_DTYPE_COUNT] = {4, 2, 2, 8, 4, 1, 8};
 
 const char *kiln_dtype_name(kiln_dtype dtype) {
     return (unsigned)dtype < KILN_DTYPE_COUNT ? dtype_names[dtype] : "?";
@@ -141,6 +141,13 @@ void kiln_st_to_f32(const kiln_st_tensor *t, float *dst) {
     case KILN_U8:
         for (int64_t i = 0; i < n; i++) dst[i] = p[i];
         break;
+    case KILN_F64:
+        for (int64_t i = 0; i < n; i++) {
+            double v;
+            memcpy(&v, p + 8 * i, 8);
+            dst[i] = (float)v;
+        }
+        break;
     default: break;
     }
 }
@@ -173,7 +180,7 @@ static int parse_tensor(const char *path, const char *name, json_t *entry, const
     if (!json_is_string(jd)) return kiln_error(KILN_EFORMAT, "%s: tensor '%s': missing \"dtype\"", path, name);
     if (!dtype_from_name(json_string_value(jd), &t->dtype))
         return kiln_error(KILN_EUNSUPPORTED,
-                          "%s: tensor '%s': dtype %s is not supported (kiln reads F32, F16, BF16, I64, I32, U8)",
+                          "%s: tensor '%s': dtype %s is not supported (kiln reads F32, F16, BF16, F64, I64, I32, U8)",
                           path, name, json_string_value(jd));
     if (!json_is_array(js)) return kiln_error(KILN_EFORMAT, "%s: tensor '%s': missing \"shape\"", path, name);
     if (json_array_size(js) > KILN_MAX_DIMS)

@@ -18,6 +18,7 @@ typedef enum kiln_dtype {
     KILN_I64, /* read only so loaders can skip it (CLIP position_ids) */
     KILN_I32,
     KILN_U8,
+    KILN_F64, /* read only (fixtures' float64 references) */
     KILN_DTYPE_COUNT
 } kiln_dtype;
 

@@ -3,8 +3,9 @@
 # prints a short table last.
 #
 # Binaries come from (first found): $KILN_GPU_BIN, .gpu/ (carried from a build machine: copy
-# build-gpu/test_cuda_* and build-gpu/cuda_bench there, extra shared libraries into .gpu/lib), or a
-# fresh CUDA build into build-gpu/. Logs go to $OUT (or /tmp/kiln-gpu-check).
+# build-gpu/test_cuda_* and build-gpu/cuda_bench there, extra shared libraries into .gpu/lib, and
+# ../shared/fixtures/tiny-sd15/{model,unet,vae,text_encoder}.safetensors into .gpu/fixtures/tiny-sd15
+# for test_cuda_nets), or a fresh CUDA build into build-gpu/. Logs go to $OUT (or /tmp/kiln-gpu-check).
 # Usage: scripts/gpu-check.sh [bench-filter]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ if [ -z "$bin" ]; then
   fi
 fi
 [ -d "$bin/lib" ] && export LD_LIBRARY_PATH="$bin/lib:${LD_LIBRARY_PATH:-}"
+# golden-net fixtures carried with the binaries (tiny-sd15/*.safetensors), unless given
+[ -z "${KILN_FIXTURES:-}" ] && [ -d "$bin/fixtures" ] && export KILN_FIXTURES="$PWD/$bin/fixtures"
 
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
 echo "GPU: ${gpu:-none found}" | tee "$out/gpu.txt"

@@ -35,10 +35,10 @@ results=""
 for t in "$bin"/test_cuda_*; do
   [ -x "$t" ] || continue
   name=$(basename "$t")
-  start=$(date +%s.%N)
+  start=$SECONDS
   KILN_TEST_VERBOSE=1 "$t" >"$out/$name.log" 2>&1
   rc=$?
-  secs=$(echo "$(date +%s.%N) - $start" | bc 2>/dev/null || echo "?")
+  secs=$((SECONDS - start))
   summary=$(grep -E "passed, .* failed" "$out/$name.log" | tail -1)
   case $rc in
     0) verdict=PASS ;;

@@ -5,11 +5,11 @@
 
 #include <stdio.h>
 
-#include "backend/backend.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "backend/backend.h"
 
 /* Prints each convolution / GEMM step's chosen method and tuned time, the arena size and whether
  * the run is a CUDA graph. c must come from the CUDA backend. */

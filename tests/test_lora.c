@@ -1,0 +1,425 @@
+/* test_lora.c — LoRA merging against the tiny-sd15 fixtures (lora_merged_0.8.safetensors, manifest
+ * cases.lora), key mapping, restore, finding by name, and errors on synthetic files. */
+#define _GNU_SOURCE /* mkdtemp */
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/lora.h"
+#include "model/model.h"
+#include "test.h"
+
+static kiln_model *load_model(void) {
+    kiln_model *m = NULL;
+    int rc = kiln_model_load(test_fixture("tiny-sd15/model.safetensors"), NULL, &m);
+    CHECK_MSG(rc == 0, "%s", kiln_last_error());
+    return m;
+}
+
+static kiln_lora *load_tiny_lora(void) {
+    kiln_lora *l = NULL;
+    int rc = kiln_lora_load(test_fixture("tiny-sd15/lora/tiny_lora.safetensors"), &l);
+    CHECK_MSG(rc == 0, "%s", kiln_last_error());
+    return l;
+}
+
+static char tmp_dir[256];
+
+static const char *tmp_path(const char *name) {
+    static char buf[512];
+    snprintf(buf, sizeof buf, "%s/%s", tmp_dir, name);
+    return buf;
+}
+
+/* Compares every merged tensor of the fixture with the store: returns the number that differ in any bit. */
+static int compare_with_merged(const kiln_model *m, double *max_diff, int *n_checked) {
+    kiln_st_file *ref;
+    int rc = kiln_st_open(test_fixture("tiny-sd15/lora_merged_0.8.safetensors"), &ref);
+    CHECK_MSG(rc == 0, "%s", kiln_last_error());
+    if (rc) return -1;
+    int n_inexact = 0;
+    *max_diff = 0;
+    *n_checked = 0;
+    for (int i = 0; i < ref->n_tensors; i++) {
+        const kiln_st_tensor *t = &ref->tensors[i];
+        const kiln_weight *w = kiln_weights_find(m->weights, t->name);
+        CHECK_MSG(w != NULL, "%s missing from the store", t->name);
+        if (!w) continue;
+        CHECK(w->dtype == KILN_F32);
+        CHECK(w->ndim == t->ndim && !memcmp(w->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim));
+        int64_t n = kiln_st_numel(t);
+        float *a = malloc(sizeof *a * (size_t)n), *b = malloc(sizeof *b * (size_t)n);
+        kiln_weight_to_f32(w, a);
+        kiln_st_to_f32(t, b);
+        double d = test_max_abs_diff(a, b, (size_t)n);
+        if (d > *max_diff) *max_diff = d;
+        if (memcmp(a, b, sizeof *a * (size_t)n)) n_inexact++;
+        free(a);
+        free(b);
+        (*n_checked)++;
+    }
+    kiln_st_close(ref);
+    return n_inexact;
+}
+
+TEST(merged_weights_match_fixture) {
+    kiln_model *m = load_model();
+    kiln_lora *l = load_tiny_lora();
+    if (!m || !l) goto done;
+    CHECK(l->n_modules == 23);
+    CHECK(!strcmp(l->name, "tiny_lora"));
+    CHECK(l->alias == NULL);
+    kiln_lora_apply_info info;
+    int rc = kiln_lora_apply_ex(m, l, 0.8f, 0.8f, &info);
+    CHECK_MSG(rc == 0, "rc %d: %s", rc, rc < 0 ? kiln_last_error() : info.unmatched);
+    CHECK(info.n_applied == 23);
+    CHECK(info.n_unmatched == 0);
+    double max_diff;
+    int n_checked;
+    int n_inexact = compare_with_merged(m, &max_diff, &n_checked);
+    CHECK(n_checked == 23);
+    CHECK_NEAR(max_diff, 0.0, 1e-6); /* manifest cases.lora.tolerance.merged_atol */
+    CHECK_MSG(n_inexact == 0, "%d of 23 merged tensors not bit-exact (max |diff| %.3g)", n_inexact, max_diff);
+    printf("  merged: 23 tensors, max |diff| %.3g, %d not bit-exact\n", max_diff, n_inexact);
+done:
+    kiln_lora_free(l);
+    kiln_model_free(m);
+}
+
+TEST(key_mapping_matches_manifest) {
+    json_error_t err;
+    json_t *man = json_load_file(test_fixture("tiny-sd15/manifest.json"), 0, &err);
+    CHECK_MSG(man != NULL, "%s", err.text);
+    kiln_model *m = load_model();
+    kiln_lora_layers *layers = NULL;
+    if (!man || !m || kiln_lora_layers_build(m, &layers)) goto done;
+    json_t *mods = json_object_get(json_object_get(json_object_get(man, "cases"), "lora"), "modules");
+    CHECK(json_array_size(mods) == 23);
+    for (size_t i = 0; i < json_array_size(mods); i++) {
+        json_t *md = json_array_get(mods, i);
+        const char *kohya = json_string_value(json_object_get(md, "kohya"));
+        const char *layer = json_string_value(json_object_get(md, "a1111_network_layer"));
+        const char *weight = json_string_value(json_object_get(md, "ldm_weight"));
+        const char *from = json_string_value(json_object_get(md, "multiplier_from"));
+        char conv[512];
+        CHECK(kiln_lora_convert_key(&m->config, kohya, conv, sizeof conv) == 0);
+        CHECK_MSG(!strcmp(conv, layer), "%s -> %s, expected %s", kohya, conv, layer);
+        kiln_lora_target t;
+        CHECK_MSG(kiln_lora_resolve(layers, &m->config, kohya, &t) == 0, "%s unresolved", kohya);
+        CHECK_MSG(!strcmp(t.weight, weight), "%s -> %s, expected %s", kohya, t.weight, weight);
+        CHECK(!strcmp(t.layer, layer));
+        CHECK(t.row_block == -1);
+        CHECK_MSG(t.is_text_encoder == !strcmp(from, "te_multiplier"), "%s: multiplier_from %s", kohya, from);
+    }
+    /* More rules of A1111's convert_diffusers_name_to_compvis on this SD1 layout. */
+    static const char *const cases[][2] = {
+        {"lora_unet_conv_in", "diffusion_model_input_blocks_0_0"},
+        {"lora_unet_conv_out", "diffusion_model_out_2"},
+        {"lora_unet_time_embedding_linear_1", "diffusion_model_time_embed_0"},
+        {"lora_unet_time_embedding_linear_2", "diffusion_model_time_embed_2"},
+        {"lora_unet_down_blocks_2_resnets_1_conv2", "diffusion_model_input_blocks_8_0_out_layers_3"},
+        {"lora_unet_down_blocks_2_downsamplers_0_conv", "diffusion_model_input_blocks_9_0_op"},
+        {"lora_unet_mid_block_resnets_1_conv1", "diffusion_model_middle_block_2_in_layers_2"},
+        {"lora_unet_up_blocks_0_upsamplers_0_conv", "diffusion_model_output_blocks_2_1_conv"},
+        {"lora_unet_up_blocks_1_upsamplers_0_conv", "diffusion_model_output_blocks_5_2_conv"},
+        {"lora_unet_up_blocks_1_resnets_2_norm1", "diffusion_model_output_blocks_5_0_in_layers_0"},
+        {"lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_attn2_to_k",
+         "diffusion_model_output_blocks_5_1_transformer_blocks_0_attn2_to_k"},
+        {"lora_te_text_model_encoder_layers_2_self_attn_out_proj",
+         "transformer_text_model_encoder_layers_2_self_attn_out_proj"},
+        {"lora_unet_something_else", "lora_unet_something_else"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char conv[512];
+        CHECK(kiln_lora_convert_key(&m->config, cases[i][0], conv, sizeof conv) == 0);
+        CHECK_MSG(!strcmp(conv, cases[i][1]), "%s -> %s, expected %s", cases[i][0], conv, cases[i][1]);
+    }
+    /* Keys already in LDM form, and SDXL-style te1 keys on an SD1 model (A1111's fallbacks). */
+    kiln_lora_target t;
+    CHECK(kiln_lora_resolve(layers, &m->config, "lora_unet_input_blocks_1_1_proj_in", &t) == 0);
+    CHECK(!strcmp(t.weight, "model.diffusion_model.input_blocks.1.1.proj_in.weight"));
+    CHECK(!strcmp(t.layer, "diffusion_model_input_blocks_1_1_proj_in"));
+    CHECK(!t.is_text_encoder);
+    CHECK(kiln_lora_resolve(layers, &m->config, "lora_te1_text_model_encoder_layers_1_mlp_fc2", &t) == 0);
+    CHECK(!strcmp(t.weight, "cond_stage_model.transformer.text_model.encoder.layers.1.mlp.fc2.weight"));
+    CHECK(t.is_text_encoder);
+    CHECK(kiln_lora_resolve(layers, &m->config, "lora_unet_up_blocks_0_upsamplers_0_conv", &t) == 0);
+    CHECK(!strcmp(t.weight, "model.diffusion_model.output_blocks.2.1.conv.weight"));
+    CHECK(kiln_lora_resolve(layers, &m->config, "lora_unet_down_blocks_3_resnets_1_time_emb_proj", &t) == 0);
+    CHECK(!strcmp(t.weight, "model.diffusion_model.input_blocks.11.0.emb_layers.1.weight"));
+    CHECK(kiln_lora_resolve(layers, &m->config, "lora_unet_down_blocks_3_attentions_0_proj_in", &t) ==
+          KILN_ENOTFOUND); /* the lowest level has no attention */
+    CHECK(kiln_lora_resolve(layers, &m->config, "lora_te_text_model_encoder_layers_3_mlp_fc1", &t) ==
+          KILN_ENOTFOUND); /* 3 layers */
+    CHECK(kiln_lora_resolve(layers, &m->config, "lora_unet_vae_thing", &t) == KILN_ENOTFOUND);
+done:
+    kiln_lora_layers_free(layers);
+    kiln_model_free(m);
+    json_decref(man);
+}
+
+TEST(restore_gives_back_originals) {
+    kiln_model *m = load_model();
+    kiln_lora *l = load_tiny_lora();
+    if (!m || !l) goto done;
+    const char *name = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    const char *te_name = "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight";
+    const kiln_weight *w = kiln_weights_find(m->weights, name);
+    const void *orig_data = w->data;
+    kiln_dtype orig_dtype = w->dtype;
+    size_t nbytes = (size_t)kiln_weight_numel(w) * kiln_dtype_size(w->dtype);
+    void *orig_bytes = malloc(nbytes);
+    memcpy(orig_bytes, w->data, nbytes);
+    uint64_t v0 = w->version;
+    int n_before = m->weights->n;
+
+    CHECK(kiln_lora_apply(m, l, 0.8f, 0.8f) == 0);
+    w = kiln_weights_find(m->weights, name);
+    CHECK(w->dtype == KILN_F32 && w->data != orig_data && w->version != v0);
+    uint64_t v1 = w->version;
+    /* Applying twice adds twice; one restore undoes both. */
+    CHECK(kiln_lora_apply(m, l, 0.8f, 0.8f) == 0);
+    CHECK(kiln_model_restore_weights(m) == 23);
+    w = kiln_weights_find(m->weights, name);
+    CHECK(w->dtype == orig_dtype && w->data == orig_data);
+    CHECK(!memcmp(w->data, orig_bytes, nbytes));
+    CHECK(w->version != v1 && w->version != v0); /* backends see a change again */
+    CHECK(m->weights->n == n_before);
+    CHECK(m->lora_backup == NULL);
+    CHECK(kiln_model_restore_weights(m) == 0);
+
+    /* After a restore the fixture result is reproduced again. */
+    CHECK(kiln_lora_apply(m, l, 0.8f, 0.8f) == 0);
+    double max_diff;
+    int n_checked;
+    CHECK(compare_with_merged(m, &max_diff, &n_checked) == 0);
+
+    /* te multiplier 0 leaves the text encoder's values as they were (widened to float32). */
+    CHECK(kiln_model_restore_weights(m) == 23);
+    CHECK(kiln_lora_apply(m, l, 0.0f, 0.8f) == 0);
+    w = kiln_weights_find(m->weights, te_name);
+    int64_t n = kiln_weight_numel(w);
+    float *got = malloc(sizeof *got * (size_t)n);
+    kiln_weight_to_f32(w, got);
+    kiln_model_restore_weights(m);
+    w = kiln_weights_find(m->weights, te_name);
+    float *want = malloc(sizeof *want * (size_t)n);
+    kiln_weight_to_f32(w, want);
+    CHECK(!memcmp(got, want, sizeof *got * (size_t)n));
+    free(got);
+    free(want);
+    free(orig_bytes);
+done:
+    kiln_lora_free(l);
+    kiln_model_free(m);
+}
+
+/* Writes a LoRA file of the given tensors (all float32) and metadata. */
+typedef struct syn_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[4];
+} syn_tensor;
+
+static int write_lora(const char *path, const syn_tensor *ts, int n, const char *alias) {
+    kiln_st_write_tensor wt[16];
+    float *bufs[16];
+    for (int i = 0; i < n; i++) {
+        int64_t numel = 1;
+        for (int d = 0; d < ts[i].ndim; d++) numel *= ts[i].shape[d];
+        bufs[i] = malloc(sizeof(float) * (size_t)numel);
+        for (int64_t k = 0; k < numel; k++) /* arbitrary non-trivial float32 values */
+            bufs[i][k] = (float)((double)((k * 7919 + i * 104729) % 2001 - 1000) / 997.0);
+        if (strstr(ts[i].name, ".alpha")) bufs[i][0] = 1.0f;
+        wt[i] = (kiln_st_write_tensor){ts[i].name, KILN_F32, ts[i].ndim, ts[i].shape, bufs[i]};
+    }
+    const char *keys[] = {"ss_output_name"};
+    const char *values[] = {alias};
+    int rc = kiln_st_write(path, wt, n, keys, values, alias ? 1 : 0);
+    for (int i = 0; i < n; i++) free(bufs[i]);
+    return rc;
+}
+
+TEST(synthetic_rank3_alpha_and_no_alpha) {
+    /* Rank 3 with alpha 1 (scale = float(1/3)) on a Linear, rank 3 without alpha on a 1x1 conv given
+     * 2-D factors, checked against the formula evaluated here in the same float32 order. */
+    syn_tensor ts[] = {
+        {"lora_te_text_model_encoder_layers_2_mlp_fc2.lora_down.weight", 2, {3, 256}},
+        {"lora_te_text_model_encoder_layers_2_mlp_fc2.lora_up.weight", 2, {128, 3}},
+        {"lora_te_text_model_encoder_layers_2_mlp_fc2.alpha", 0, {0}},
+        {"lora_unet_mid_block_attentions_0_proj_out.lora_down.weight", 2, {3, 128}},
+        {"lora_unet_mid_block_attentions_0_proj_out.lora_up.weight", 2, {128, 3}},
+    };
+    const char *path = tmp_path("syn.safetensors");
+    CHECK_MSG(write_lora(path, ts, 5, NULL) == 0, "%s", kiln_last_error());
+    kiln_model *m = load_model();
+    kiln_lora *l = NULL;
+    CHECK_MSG(kiln_lora_load(path, &l) == 0, "%s", kiln_last_error());
+    if (!m || !l) goto done;
+    CHECK(l->n_modules == 2);
+    const char *names[2] = {"cond_stage_model.transformer.text_model.encoder.layers.2.mlp.fc2.weight",
+                            "model.diffusion_model.middle_block.1.proj_out.weight"};
+    float *orig[2];
+    for (int k = 0; k < 2; k++) {
+        const kiln_weight *w = kiln_weights_find(m->weights, names[k]);
+        orig[k] = malloc(sizeof(float) * (size_t)kiln_weight_numel(w));
+        kiln_weight_to_f32(w, orig[k]);
+    }
+    const float te = 0.7f, unet = 1.3f;
+    CHECK(kiln_lora_apply(m, l, te, unet) == 0);
+    for (int k = 0; k < 2; k++) {
+        const kiln_lora_module *md = &l->modules[k];
+        const kiln_weight *w = kiln_weights_find(m->weights, names[k]);
+        int64_t out = w->shape[0], in = kiln_weight_numel(w) / out;
+        float *up = malloc(sizeof(float) * (size_t)(out * 3)), *down = malloc(sizeof(float) * (size_t)(3 * in));
+        kiln_st_to_f32(md->up, up);
+        kiln_st_to_f32(md->down, down);
+        float *got = malloc(sizeof(float) * (size_t)(out * in));
+        kiln_weight_to_f32(w, got);
+        float scale = md->has_alpha ? (float)(1.0 / 3.0) : 1.0f, mult = k == 0 ? te : unet;
+        CHECK(md->has_alpha == (k == 0));
+        int bad = 0;
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < in; i++) {
+                float s = 0.0f;
+                for (int r = 0; r < 3; r++) {
+                    float p = up[o * 3 + r] * down[r * in + i];
+                    s = s + p;
+                }
+                float v = s * scale;
+                v = v * mult;
+                float want = orig[k][o * in + i] + v;
+                if (memcmp(&want, &got[o * in + i], sizeof want)) bad++;
+            }
+        CHECK_MSG(bad == 0, "%s: %d values differ", names[k], bad);
+        free(up);
+        free(down);
+        free(got);
+        free(orig[k]);
+    }
+done:
+    kiln_lora_free(l);
+    kiln_model_free(m);
+}
+
+TEST(find_by_name_and_alias) {
+    char path[1024];
+    CHECK_MSG(kiln_lora_find(test_fixture("tiny-sd15/lora"), "tiny_lora", path, sizeof path) == 0, "%s",
+              kiln_last_error());
+    CHECK(strstr(path, "tiny-sd15/lora/tiny_lora.safetensors") != NULL);
+    CHECK(kiln_lora_find(test_fixture("tiny-sd15/lora"), "nope", path, sizeof path) == KILN_ENOTFOUND);
+    CHECK(strstr(kiln_last_error(), "nope") != NULL);
+    CHECK(kiln_lora_find(tmp_path("no_such_dir"), "tiny_lora", path, sizeof path) == KILN_ENOTFOUND);
+
+    /* A file in a subfolder whose ss_output_name differs from its stem. */
+    char sub[512];
+    snprintf(sub, sizeof sub, "%s", tmp_path("loras"));
+    mkdir(sub, 0700);
+    snprintf(sub, sizeof sub, "%s", tmp_path("loras/style"));
+    mkdir(sub, 0700);
+    syn_tensor ts[] = {
+        {"lora_unet_conv_in.lora_down.weight", 4, {2, 4, 3, 3}},
+        {"lora_unet_conv_in.lora_up.weight", 4, {32, 2, 1, 1}},
+    };
+    CHECK(write_lora(tmp_path("loras/style/file_v2.safetensors"), ts, 2, "watercolor") == 0);
+    CHECK(kiln_lora_find(tmp_path("loras"), "watercolor", path, sizeof path) == 0);
+    CHECK(strstr(path, "loras/style/file_v2.safetensors") != NULL);
+    CHECK(kiln_lora_find(tmp_path("loras"), "file_v2", path, sizeof path) == 0);
+    kiln_lora *l = NULL;
+    CHECK(kiln_lora_load(path, &l) == 0);
+    if (l) {
+        CHECK(!strcmp(l->name, "file_v2") && l->alias && !strcmp(l->alias, "watercolor"));
+        /* LoCon 3x3 down on conv_in [32, 4, 3, 3] fits. */
+        kiln_model *m = load_model();
+        if (m) {
+            CHECK(kiln_lora_apply(m, l, 1.0f, 1.0f) == 0);
+            const kiln_weight *w = kiln_weights_find(m->weights, "model.diffusion_model.input_blocks.0.0.weight");
+            CHECK(w->dtype == KILN_F32);
+        }
+        kiln_model_free(m);
+    }
+    kiln_lora_free(l);
+}
+
+TEST(errors) {
+    kiln_lora *l = NULL;
+    CHECK(kiln_lora_load(tmp_path("missing.safetensors"), &l) < 0);
+    CHECK(strstr(kiln_last_error(), "missing.safetensors") != NULL);
+    CHECK(l == NULL);
+
+    /* A shape that does not fit: rank-2 factors for conv_in with 5 input channels. */
+    syn_tensor bad[] = {
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", 2, {2, 32}},
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", 2, {32, 2}},
+        {"lora_unet_conv_in.lora_down.weight", 2, {2, 5}},
+        {"lora_unet_conv_in.lora_up.weight", 2, {32, 2}},
+    };
+    CHECK(write_lora(tmp_path("bad.safetensors"), bad, 4, NULL) == 0);
+    kiln_model *m = load_model();
+    CHECK(kiln_lora_load(tmp_path("bad.safetensors"), &l) == 0);
+    if (m && l) {
+        const kiln_weight *w = kiln_weights_find(m->weights, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
+        uint64_t v = w->version;
+        CHECK(kiln_lora_apply(m, l, 1.0f, 1.0f) == KILN_EINVAL);
+        const char *msg = kiln_last_error();
+        CHECK_MSG(strstr(msg, "lora_unet_conv_in") && strstr(msg, "[2, 5]") && strstr(msg, "[32, 4, 3, 3]") &&
+                      strstr(msg, "input_blocks.0.0.weight"),
+                  "%s", msg);
+        w = kiln_weights_find(m->weights, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
+        CHECK(w->version == v && w->dtype == KILN_F16); /* nothing applied */
+        CHECK(m->lora_backup == NULL);
+    }
+    kiln_lora_free(l);
+    l = NULL;
+
+    /* Unknown keys are skipped and counted, the rest applied. */
+    syn_tensor unk[] = {
+        {"lora_unet_no_such_layer.lora_down.weight", 2, {2, 32}},
+        {"lora_unet_no_such_layer.lora_up.weight", 2, {32, 2}},
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight", 2, {2, 32}},
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight", 2, {32, 2}},
+    };
+    CHECK(write_lora(tmp_path("unk.safetensors"), unk, 4, NULL) == 0);
+    CHECK(kiln_lora_load(tmp_path("unk.safetensors"), &l) == 0);
+    if (m && l) {
+        kiln_lora_apply_info info;
+        CHECK(kiln_lora_apply_ex(m, l, 1.0f, 1.0f, &info) == 1);
+        CHECK(info.n_applied == 1 && info.n_unmatched == 1);
+        CHECK(!strcmp(info.unmatched, "lora_unet_no_such_layer"));
+    }
+    kiln_lora_free(l);
+    l = NULL;
+
+    /* A module with only one factor, and a LyCORIS part kiln does not handle. */
+    syn_tensor half[] = {{"lora_unet_conv_in.lora_down.weight", 2, {2, 4}}};
+    CHECK(write_lora(tmp_path("half.safetensors"), half, 1, NULL) == 0);
+    CHECK(kiln_lora_load(tmp_path("half.safetensors"), &l) == KILN_EFORMAT);
+    CHECK(strstr(kiln_last_error(), "lora_unet_conv_in") && strstr(kiln_last_error(), "lora_up.weight"));
+    syn_tensor loha[] = {{"lora_unet_conv_in.hada_w1_a", 2, {2, 4}}};
+    CHECK(write_lora(tmp_path("loha.safetensors"), loha, 1, NULL) == 0);
+    CHECK(kiln_lora_load(tmp_path("loha.safetensors"), &l) == KILN_EUNSUPPORTED);
+    CHECK(strstr(kiln_last_error(), "hada_w1_a") != NULL);
+    CHECK(l == NULL);
+    kiln_model_free(m);
+}
+
+int main(void) {
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/kiln_test_lora_XXXXXX");
+    if (!mkdtemp(tmp_dir)) return 1;
+    RUN(merged_weights_match_fixture);
+    RUN(key_mapping_matches_manifest);
+    RUN(restore_gives_back_originals);
+    RUN(synthetic_rank3_alpha_and_no_alpha);
+    RUN(find_by_name_and_alias);
+    RUN(errors);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp_dir);
+    return test_summary();
+}

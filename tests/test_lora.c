@@ -248,48 +248,56 @@ static int write_lora(const char *path, const syn_tensor *ts, int n, const char 
 
 TEST(synthetic_rank3_alpha_and_no_alpha) {
     /* Rank 3 with alpha 1 (scale = float(1/3)) on a Linear, rank 3 without alpha on a 1x1 conv given
-     * 2-D factors, checked against the formula evaluated here in the same float32 order. */
+     * 2-D factors, rank 64 with alpha 1, checked against the formula evaluated here in the same float32
+     * order. */
     syn_tensor ts[] = {
         {"lora_te_text_model_encoder_layers_2_mlp_fc2.lora_down.weight", 2, {3, 256}},
         {"lora_te_text_model_encoder_layers_2_mlp_fc2.lora_up.weight", 2, {128, 3}},
         {"lora_te_text_model_encoder_layers_2_mlp_fc2.alpha", 0, {0}},
         {"lora_unet_mid_block_attentions_0_proj_out.lora_down.weight", 2, {3, 128}},
         {"lora_unet_mid_block_attentions_0_proj_out.lora_up.weight", 2, {128, 3}},
+        /* rank 64: large enough for the threaded path */
+        {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", 2, {64, 128}},
+        {"lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", 2, {256, 64}},
+        {"lora_te_text_model_encoder_layers_0_mlp_fc1.alpha", 0, {0}},
     };
     const char *path = tmp_path("syn.safetensors");
-    CHECK_MSG(write_lora(path, ts, 5, NULL) == 0, "%s", kiln_last_error());
+    CHECK_MSG(write_lora(path, ts, 8, NULL) == 0, "%s", kiln_last_error());
     kiln_model *m = load_model();
     kiln_lora *l = NULL;
     CHECK_MSG(kiln_lora_load(path, &l) == 0, "%s", kiln_last_error());
     if (!m || !l) goto done;
-    CHECK(l->n_modules == 2);
-    const char *names[2] = {"cond_stage_model.transformer.text_model.encoder.layers.2.mlp.fc2.weight",
-                            "model.diffusion_model.middle_block.1.proj_out.weight"};
-    float *orig[2];
-    for (int k = 0; k < 2; k++) {
+    CHECK(l->n_modules == 3);
+    const char *names[3] = {"cond_stage_model.transformer.text_model.encoder.layers.2.mlp.fc2.weight",
+                            "model.diffusion_model.middle_block.1.proj_out.weight",
+                            "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"};
+    float *orig[3];
+    for (int k = 0; k < 3; k++) {
         const kiln_weight *w = kiln_weights_find(m->weights, names[k]);
         orig[k] = malloc(sizeof(float) * (size_t)kiln_weight_numel(w));
         kiln_weight_to_f32(w, orig[k]);
     }
     const float te = 0.7f, unet = 1.3f;
     CHECK(kiln_lora_apply(m, l, te, unet) == 0);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         const kiln_lora_module *md = &l->modules[k];
+        const int rank = (int)md->down->shape[0];
         const kiln_weight *w = kiln_weights_find(m->weights, names[k]);
         int64_t out = w->shape[0], in = kiln_weight_numel(w) / out;
-        float *up = malloc(sizeof(float) * (size_t)(out * 3)), *down = malloc(sizeof(float) * (size_t)(3 * in));
+        float *up = malloc(sizeof(float) * (size_t)(out * rank)), *down = malloc(sizeof(float) * (size_t)(rank * in));
         kiln_st_to_f32(md->up, up);
         kiln_st_to_f32(md->down, down);
         float *got = malloc(sizeof(float) * (size_t)(out * in));
         kiln_weight_to_f32(w, got);
-        float scale = md->has_alpha ? (float)(1.0 / 3.0) : 1.0f, mult = k == 0 ? te : unet;
-        CHECK(md->has_alpha == (k == 0));
+        float scale = md->has_alpha ? (float)(1.0 / rank) : 1.0f, mult = k == 1 ? unet : te;
+        CHECK(md->has_alpha == (k != 1));
+        CHECK(rank == (k == 2 ? 64 : 3));
         int bad = 0;
         for (int64_t o = 0; o < out; o++)
             for (int64_t i = 0; i < in; i++) {
                 float s = 0.0f;
-                for (int r = 0; r < 3; r++) {
-                    float p = up[o * 3 + r] * down[r * in + i];
+                for (int r = 0; r < rank; r++) {
+                    float p = up[o * rank + r] * down[r * in + i];
                     s = s + p;
                 }
                 float v = s * scale;

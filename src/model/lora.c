@@ -288,12 +288,10 @@ static int merge_one(struct kiln_model *m, const merge_plan *p, float te_mult, f
     float *out = malloc(sizeof *out * (size_t)n);
     float *up = malloc(sizeof *up * (size_t)(p->rows * p->r));
     float *down = malloc(sizeof *down * (size_t)(p->r * p->cols));
-    float *row = malloc(sizeof *row * (size_t)p->cols);
-    if (!out || !up || !down || !row) {
+    if (!out || !up || !down) {
         free(out);
         free(up);
         free(down);
-        free(row);
         return kiln_error(KILN_ENOMEM, "out of memory merging LoRA module %s", md->key);
     }
     kiln_weight_to_f32(w, out);
@@ -305,24 +303,31 @@ static int merge_one(struct kiln_model *m, const merge_plan *p, float te_mult, f
     float scale = (float)scale_d;
     float mult = p->target.is_text_encoder ? te_mult : unet_mult;
     int64_t w_cols = n / w->shape[0];
-    for (int64_t i = 0; i < p->rows; i++) {
-        for (int64_t c = 0; c < p->cols; c++) row[c] = 0.0f;
-        for (int64_t k = 0; k < p->r; k++) {
-            float u = up[i * p->r + k];
-            const float *d = down + k * p->cols;
-            for (int64_t c = 0; c < p->cols; c++) row[c] += u * d[c];
-        }
+    const int64_t rows = p->rows, cols = p->cols, r = p->r;
+    /* Rows are independent and each is summed over the rank in order 0..r-1 (no fused multiply-add),
+     * so the result does not depend on the thread count. With pad_in, updown [o, 4, kh, kw] covers the
+     * first 4 of W's 9 input channels, which start each row of W: the same column index. */
+#pragma omp parallel for schedule(static) if (rows * cols * r > (1 << 18))
+    for (int64_t i = 0; i < rows; i++) {
         float *dst = out + (p->row_offset + i) * w_cols;
-        for (int64_t c = 0; c < p->cols; c++) {
-            float v = row[c] * scale;
-            v = v * mult;
-            /* with pad_in, updown [o, 4, kh, kw] covers the first 4 of W's 9 input channels: same index */
-            dst[c] = dst[c] + v;
+        for (int64_t c0 = 0; c0 < cols; c0 += 256) {
+            float acc[256];
+            int64_t nc = cols - c0 < 256 ? cols - c0 : 256;
+            for (int64_t c = 0; c < nc; c++) acc[c] = 0.0f;
+            for (int64_t k = 0; k < r; k++) {
+                float u = up[i * r + k];
+                const float *d = down + k * cols + c0;
+                for (int64_t c = 0; c < nc; c++) acc[c] += u * d[c];
+            }
+            for (int64_t c = 0; c < nc; c++) {
+                float v = acc[c] * scale;
+                v = v * mult;
+                dst[c0 + c] = dst[c0 + c] + v;
+            }
         }
     }
     free(up);
     free(down);
-    free(row);
     int rc = backup_weight(m, w);
     if (rc) {
         free(out);

@@ -316,6 +316,159 @@ done:
     kiln_model_free(m);
 }
 
+/* kiln_model_load does not take SD2/SDXL files yet: a model with their weights as views and the
+ * config fields the LoRA code reads (family, levels, resnets per level, attention levels). */
+static kiln_model *load_other(const char *rel) {
+    int sdxl = strstr(rel, "sdxl") != NULL;
+    kiln_model *m = calloc(1, sizeof *m);
+    kiln_st_file *f = NULL;
+    int rc = kiln_st_open(test_fixture(rel), &f);
+    CHECK_MSG(rc == 0, "%s: %s", rel, kiln_last_error());
+    if (rc) {
+        free(m);
+        return NULL;
+    }
+    m->files[m->n_files++] = f;
+    m->weights = kiln_weights_new();
+    for (int i = 0; i < f->n_tensors; i++) {
+        const kiln_st_tensor *t = &f->tensors[i];
+        if (t->dtype == KILN_F16 || t->dtype == KILN_F32)
+            kiln_weights_add_view(m->weights, t->name, t->dtype, t->ndim, t->shape, t->data, f->path);
+    }
+    kiln_model_config *c = &m->config;
+    c->family = sdxl ? KILN_FAMILY_SDXL : KILN_FAMILY_SD2;
+    c->n_text_encoders = sdxl ? 2 : 1;
+    c->unet.num_res_blocks = 2;
+    c->unet.n_levels = sdxl ? 3 : 4;
+    for (int l = 0; l < c->unet.n_levels; l++)
+        c->unet.transformer_depth[l] = sdxl ? (l > 0) : (l < 3);
+    return m;
+}
+
+static void check_resolve(const kiln_model *m, const kiln_lora_layers *layers, const char *key, const char *weight,
+                          int row_block, int is_te) {
+    kiln_lora_target t;
+    int rc = kiln_lora_resolve(layers, &m->config, key, &t);
+    CHECK_MSG(rc == 0, "%s unresolved", key);
+    if (rc) return;
+    CHECK_MSG(!strcmp(t.weight, weight), "%s -> %s, expected %s", key, t.weight, weight);
+    CHECK_MSG(t.row_block == row_block && t.is_text_encoder == is_te, "%s: row %d te %d", key, t.row_block,
+              t.is_text_encoder);
+}
+
+TEST(sd2_and_sdxl_keys) {
+    kiln_model *m = load_other("tiny-sd21/model.safetensors");
+    kiln_lora_layers *layers = NULL;
+    if (m && !kiln_lora_layers_build(m, &layers)) {
+        const char *te = "cond_stage_model.model.transformer.resblocks.0.";
+        char w[256];
+        snprintf(w, sizeof w, "%smlp.c_fc.weight", te);
+        check_resolve(m, layers, "lora_te_text_model_encoder_layers_0_mlp_fc1", w, -1, 1);
+        snprintf(w, sizeof w, "%smlp.c_proj.weight", te);
+        check_resolve(m, layers, "lora_te_text_model_encoder_layers_0_mlp_fc2", w, -1, 1);
+        snprintf(w, sizeof w, "%sattn.in_proj_weight", te);
+        check_resolve(m, layers, "lora_te_text_model_encoder_layers_0_self_attn_q_proj", w, 0, 1);
+        check_resolve(m, layers, "lora_te_text_model_encoder_layers_0_self_attn_v_proj", w, 2, 1);
+        snprintf(w, sizeof w, "%sattn.out_proj.weight", te);
+        check_resolve(m, layers, "lora_te_text_model_encoder_layers_0_self_attn_out_proj", w, -1, 1);
+        check_resolve(m, layers, "lora_unet_down_blocks_1_attentions_1_proj_in",
+                      "model.diffusion_model.input_blocks.5.1.proj_in.weight", -1, 0);
+        check_resolve(m, layers, "lora_unet_up_blocks_0_upsamplers_0_conv",
+                      "model.diffusion_model.output_blocks.2.1.conv.weight", -1, 0);
+    }
+    kiln_lora_layers_free(layers);
+    layers = NULL;
+    kiln_model_free(m);
+
+    m = load_other("tiny-sdxl/model.safetensors");
+    if (m && !kiln_lora_layers_build(m, &layers)) {
+        /* SDXL kohya files name the UNet in LDM form and the encoders te1 / te2 */
+        check_resolve(m, layers, "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k",
+                      "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight", -1, 0);
+        check_resolve(m, layers, "lora_unet_output_blocks_2_2_conv", "model.diffusion_model.output_blocks.2.2.conv.weight",
+                      -1, 0);
+        check_resolve(m, layers, "lora_te1_text_model_encoder_layers_0_self_attn_k_proj",
+                      "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.k_proj.weight", -1, 1);
+        check_resolve(m, layers, "lora_te2_text_model_encoder_layers_0_mlp_fc2",
+                      "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_proj.weight", -1, 1);
+        check_resolve(m, layers, "lora_te2_text_model_encoder_layers_0_self_attn_k_proj",
+                      "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", 1, 1);
+        /* diffusers-named UNet keys with SDXL's block layout (3 levels, attention on levels 1 and 2) */
+        check_resolve(m, layers, "lora_unet_down_blocks_1_attentions_0_proj_in",
+                      "model.diffusion_model.input_blocks.4.1.proj_in.weight", -1, 0);
+        check_resolve(m, layers, "lora_unet_up_blocks_0_upsamplers_0_conv",
+                      "model.diffusion_model.output_blocks.2.2.conv.weight", -1, 0);
+        kiln_lora_target t;
+        CHECK(kiln_lora_resolve(layers, &m->config, "lora_te_text_model_encoder_layers_0_mlp_fc1", &t) ==
+              KILN_ENOTFOUND); /* SDXL has no cond_stage_model */
+    }
+    kiln_lora_layers_free(layers);
+    kiln_model_free(m);
+}
+
+/* OpenCLIP q/k/v go into thirds of the fused in_proj_weight; A1111 merges them only as a set with out. */
+TEST(sd2_fused_qkv_merge) {
+    kiln_model *m = load_other("tiny-sd21/model.safetensors");
+    if (!m) return;
+    const char *in_name = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight";
+    const char *out_name = "cond_stage_model.model.transformer.resblocks.0.attn.out_proj.weight";
+    syn_tensor ts[] = {
+        {"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight", 2, {2, 64}},
+        {"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight", 2, {64, 2}},
+        {"lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_down.weight", 2, {2, 64}},
+        {"lora_te_text_model_encoder_layers_0_self_attn_k_proj.lora_up.weight", 2, {64, 2}},
+        {"lora_te_text_model_encoder_layers_0_self_attn_v_proj.lora_down.weight", 2, {2, 64}},
+        {"lora_te_text_model_encoder_layers_0_self_attn_v_proj.lora_up.weight", 2, {64, 2}},
+        {"lora_te_text_model_encoder_layers_0_self_attn_out_proj.lora_down.weight", 2, {2, 64}},
+        {"lora_te_text_model_encoder_layers_0_self_attn_out_proj.lora_up.weight", 2, {64, 2}},
+    };
+    kiln_lora *l = NULL, *partial = NULL;
+    CHECK(write_lora(tmp_path("qkv.safetensors"), ts, 8, NULL) == 0);
+    CHECK(write_lora(tmp_path("qk.safetensors"), ts, 4, NULL) == 0);
+    CHECK(kiln_lora_load(tmp_path("qkv.safetensors"), &l) == 0);
+    CHECK(kiln_lora_load(tmp_path("qk.safetensors"), &partial) == 0);
+    if (!l || !partial) goto done;
+    float *orig = malloc(sizeof(float) * 192 * 64), *got = malloc(sizeof(float) * 192 * 64);
+    kiln_weight_to_f32(kiln_weights_find(m->weights, in_name), orig);
+
+    kiln_lora_apply_info info;
+    CHECK(kiln_lora_apply_ex(m, partial, 0.5f, 1.0f, &info) == 2); /* q and k without v and out: skipped */
+    CHECK(info.n_applied == 0 && strstr(info.unmatched, "q_proj") && strstr(info.unmatched, "k_proj"));
+    CHECK(kiln_weights_find(m->weights, in_name)->dtype == KILN_F16);
+
+    CHECK(kiln_lora_apply_ex(m, l, 0.5f, 1.0f, &info) == 0);
+    CHECK(info.n_applied == 4);
+    kiln_weight_to_f32(kiln_weights_find(m->weights, in_name), got);
+    int bad = 0;
+    for (int blk = 0; blk < 3; blk++) {
+        const kiln_lora_module *md = NULL;
+        const char *want_key[] = {"q_proj", "k_proj", "v_proj"};
+        for (int i = 0; i < l->n_modules; i++)
+            if (strstr(l->modules[i].key, want_key[blk])) md = &l->modules[i];
+        float up[128], down[128];
+        kiln_st_to_f32(md->up, up);
+        kiln_st_to_f32(md->down, down);
+        for (int o = 0; o < 64; o++)
+            for (int c = 0; c < 64; c++) {
+                float s = 0.0f;
+                for (int r = 0; r < 2; r++) s = s + up[o * 2 + r] * down[r * 64 + c];
+                float v = s * 1.0f;
+                v = v * 0.5f;
+                float want = orig[(blk * 64 + o) * 64 + c] + v;
+                bad += memcmp(&want, &got[(blk * 64 + o) * 64 + c], sizeof want) != 0;
+            }
+    }
+    CHECK_MSG(bad == 0, "%d in_proj values differ", bad);
+    CHECK(kiln_weights_find(m->weights, out_name)->dtype == KILN_F32);
+    CHECK(kiln_model_restore_weights(m) == 2);
+    free(orig);
+    free(got);
+done:
+    kiln_lora_free(l);
+    kiln_lora_free(partial);
+    kiln_model_free(m);
+}
+
 TEST(find_by_name_and_alias) {
     char path[1024];
     CHECK_MSG(kiln_lora_find(test_fixture("tiny-sd15/lora"), "tiny_lora", path, sizeof path) == 0, "%s",
@@ -424,6 +577,8 @@ int main(void) {
     RUN(key_mapping_matches_manifest);
     RUN(restore_gives_back_originals);
     RUN(synthetic_rank3_alpha_and_no_alpha);
+    RUN(sd2_and_sdxl_keys);
+    RUN(sd2_fused_qkv_merge);
     RUN(find_by_name_and_alias);
     RUN(errors);
     char cmd[600];

@@ -9,9 +9,12 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/embeddings.h"
+#include "model/model.h"
+#include "net/net.h"
 #include "text/chunker.h"
 #include "test.h"
 
@@ -333,6 +336,88 @@ TEST(chunker_with_loaded_embedding) {
     kiln_embeddings_free(db);
 }
 
+/* End to end on the CPU backend: chunker fixes + the loaded vectors written over the token embeddings give
+ * the fixture's conditioning (cases without emphasis, so the conditioning is the CLIP output per chunk). */
+TEST(conditioning_with_embedding_matches_fixture) {
+    kiln_model *m = NULL;
+    kiln_backend *cpu = NULL;
+    kiln_embeddings *db = NULL;
+    kiln_st_file *ref = NULL;
+    CHECK(kiln_model_load(test_fixture("tiny-sd15/model.safetensors"), NULL, &m) == 0);
+    CHECK(kiln_backend_cpu_create(0, &cpu) == 0);
+    CHECK(kiln_st_open(test_fixture("tiny-sd15/conditioning_embedding.safetensors"), &ref) == 0);
+    if (!m || !cpu || !ref) goto done;
+    const kiln_clip_config *c = &m->config.clip[0];
+    CHECK(kiln_embeddings_load_dir(test_fixture("tiny-sd15/embeddings"), kiln_embedding_width(&m->config), tok,
+                                   &db) == 0);
+    if (!db) goto done;
+    kiln_embedding_ref refs[1];
+    kiln_embeddings_refs(db, refs);
+    kiln_chunker_options opts;
+    kiln_chunker_options_init(&opts);
+    opts.embeddings = refs;
+    opts.n_embeddings = db->n;
+    static const char *const cases[] = {"ti_plain", "ti_chunk_boundary"};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s_cond", cases[k]);
+        const kiln_st_tensor *want_t = kiln_st_find(ref, key);
+        snprintf(key, sizeof key, "%s_tokens", cases[k]);
+        const kiln_st_tensor *tok_t = kiln_st_find(ref, key);
+        CHECK(want_t && tok_t);
+        if (!want_t || !tok_t) continue;
+        int n_chunks = (int)(kiln_st_numel(tok_t) / 77);
+        /* the manifest's prompts: ti_chunk_boundary is 74 one-token words, then "tiny_emb house" */
+        const char *prompt = NULL;
+        static char long_prompt[2048];
+        if (k == 0) {
+            prompt = "a photo of tiny_emb on a tiny table";
+        } else {
+            static const char *const words[] = {"cat", "dog", "red", "blue", "tree", "house", "sun", "moon", "star", "road"};
+            long_prompt[0] = '\0';
+            for (int w = 0; w < 74; w++) {
+                strcat(long_prompt, words[w % 10]);
+                strcat(long_prompt, " ");
+            }
+            strcat(long_prompt, "tiny_emb house");
+            prompt = long_prompt;
+        }
+        kiln_prompt_chunks ch;
+        CHECK(kiln_prompt_chunk(tok, prompt, &opts, &ch) == 0);
+        CHECK(ch.n_chunks == n_chunks);
+        if (ch.n_chunks != n_chunks) continue;
+        CHECK(!memcmp(ch.tokens, tok_t->data, sizeof(int32_t) * 77 * (size_t)n_chunks));
+        size_t per = 77 * (size_t)c->hidden, n = per * (size_t)n_chunks;
+        float *embeds = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n), *want = malloc(sizeof(float) * n);
+        CHECK(kiln_clip_embed_tokens(m->weights, c, ch.tokens, 77 * n_chunks, embeds) == 0);
+        for (int fx = 0; fx < ch.n_fixes; fx++) {
+            const kiln_chunk_fix *fix = &ch.fixes[fx];
+            const kiln_embedding *e = &db->items[fix->embedding];
+            memcpy(embeds + per * (size_t)fix->chunk + (size_t)(fix->offset + 1) * (size_t)c->hidden, e->vectors,
+                   sizeof(float) * (size_t)fix->n_vectors * (size_t)c->hidden);
+        }
+        kiln_plan *p = kiln_plan_new(m->weights);
+        CHECK(kiln_build_clip(p, c, n_chunks, 77, 1) == 0);
+        const char *names[2] = {"embeds", "hidden"};
+        void *bufs[2] = {embeds, got};
+        CHECK(kiln_backend_run_named(cpu, p, 2, names, bufs) == 0);
+        kiln_st_to_f32(want_t, want);
+        double err = test_max_abs_diff(got, want, n);
+        printf("  %s: %d chunk(s), max |diff| %.3g (atol %g)\n", cases[k], n_chunks, err, k ? 3e-5 : 2e-5);
+        CHECK(err <= (k ? 3e-5 : 2e-5)); /* manifest tolerances of these cases */
+        kiln_plan_free(p);
+        kiln_prompt_chunks_free(&ch);
+        free(embeds);
+        free(got);
+        free(want);
+    }
+done:
+    kiln_embeddings_free(db);
+    kiln_st_close(ref);
+    kiln_backend_destroy(cpu);
+    kiln_model_free(m);
+}
+
 TEST(skip_rules) {
     char dir[512];
     snprintf(dir, sizeof dir, "%s", tmp_path("emb"));
@@ -426,6 +511,7 @@ int main(void) {
     }
     RUN(tiny_emb_loads);
     RUN(chunker_with_loaded_embedding);
+    RUN(conditioning_with_embedding_matches_fixture);
     RUN(skip_rules);
     RUN(pickled_embeddings);
     kiln_tokenizer_free(tok);

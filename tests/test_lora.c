@@ -9,10 +9,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/lora.h"
 #include "model/model.h"
+#include "net/net.h"
 #include "test.h"
 
 static kiln_model *load_model(void) {
@@ -162,6 +164,79 @@ done:
     kiln_lora_layers_free(layers);
     kiln_model_free(m);
     json_decref(man);
+}
+
+/* End to end on the CPU backend: the text encoder with the merged LoRA gives the fixture's cond and uncond
+ * for <lora:tiny_lora:0.8> (txt2img_lora_euler_a_6; no emphasis, so the conditioning is the CLIP output);
+ * the same compiled plan sees the new weights (version bump) and, after a restore, the old ones. */
+TEST(text_encoder_with_lora_matches_fixture) {
+    kiln_model *m = load_model();
+    kiln_lora *l = load_tiny_lora();
+    kiln_backend *cpu = NULL;
+    kiln_st_file *f = NULL;
+    kiln_plan *p = NULL;
+    CHECK(kiln_backend_cpu_create(0, &cpu) == 0);
+    CHECK(kiln_st_open(test_fixture("tiny-sd15/txt2img_lora_euler_a_6.safetensors"), &f) == 0);
+    if (!m || !l || !cpu || !f) goto done;
+    const kiln_clip_config *c = &m->config.clip[0];
+    int32_t ids[2 * 77];
+    memcpy(ids, kiln_st_find(f, "cond_tokens")->data, 77 * sizeof(int32_t));
+    memcpy(ids + 77, kiln_st_find(f, "uncond_tokens")->data, 77 * sizeof(int32_t));
+    size_t n = 2 * 77 * (size_t)c->hidden;
+    float *embeds = malloc(sizeof(float) * n), *want = malloc(sizeof(float) * n);
+    float *before = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n), *after = malloc(sizeof(float) * n);
+    kiln_st_to_f32(kiln_st_find(f, "cond"), want);
+    kiln_st_to_f32(kiln_st_find(f, "uncond"), want + n / 2);
+    p = kiln_plan_new(m->weights);
+    CHECK(kiln_build_clip(p, c, 2, 77, 1) == 0);
+    const char *names[2] = {"embeds", "hidden"};
+    CHECK(kiln_clip_embed_tokens(m->weights, c, ids, 2 * 77, embeds) == 0);
+    void *bufs[2] = {embeds, before};
+    CHECK(kiln_backend_run_named(cpu, p, 2, names, bufs) == 0);
+    double err_before = test_max_abs_diff(before, want, n);
+
+    CHECK(kiln_lora_apply(m, l, 0.8f, 0.8f) == 0);
+    CHECK(kiln_clip_embed_tokens(m->weights, c, ids, 2 * 77, embeds) == 0);
+    bufs[1] = got;
+    CHECK(kiln_backend_run_named(cpu, p, 2, names, bufs) == 0);
+    double err = test_max_abs_diff(got, want, n);
+    printf("  cond+uncond with LoRA: max |diff| %.3g (atol 2e-5; %.3g without the LoRA)\n", err, err_before);
+    CHECK(err <= 2e-5); /* manifest cases.lora.runs[0].tolerance.cond_atol */
+    CHECK(err_before > 1e-3);
+
+    /* The first UNet call of that run, with the merged UNet, on the fixture's [cond, uncond]. */
+    {
+        kiln_plan *u = kiln_plan_new(m->weights);
+        CHECK(kiln_build_unet(u, &m->config.unet, 2, 8, 8, 77) == 0);
+        float x[2 * 4 * 8 * 8], eps[2 * 4 * 8 * 8], want_eps[2 * 4 * 8 * 8], t_all[6], t[2];
+        kiln_st_to_f32(kiln_st_find(f, "unet_calls_x_scaled_first"), x);
+        kiln_st_to_f32(kiln_st_find(f, "unet_calls_eps_first"), want_eps);
+        kiln_st_to_f32(kiln_st_find(f, "unet_calls_t"), t_all);
+        t[0] = t[1] = t_all[0];
+        const char *unames[4] = {"x", "t", "context", "out"};
+        void *ubufs[4] = {x, t, want, eps};
+        CHECK(kiln_backend_run_named(cpu, u, 4, unames, ubufs) == 0);
+        double e = test_max_abs_diff(eps, want_eps, sizeof eps / sizeof eps[0]);
+        printf("  first UNet call with LoRA: max |diff| %.3g (atol 3e-5, the unet cases' tolerance)\n", e);
+        CHECK(e <= 3e-5);
+        kiln_plan_free(u);
+    }
+
+    CHECK(kiln_model_restore_weights(m) == 23);
+    bufs[1] = after;
+    CHECK(kiln_backend_run_named(cpu, p, 2, names, bufs) == 0);
+    CHECK(!memcmp(after, before, sizeof(float) * n));
+    free(embeds);
+    free(want);
+    free(before);
+    free(got);
+    free(after);
+done:
+    kiln_plan_free(p);
+    kiln_st_close(f);
+    kiln_backend_destroy(cpu);
+    kiln_lora_free(l);
+    kiln_model_free(m);
 }
 
 TEST(restore_gives_back_originals) {
@@ -575,6 +650,7 @@ int main(void) {
     if (!mkdtemp(tmp_dir)) return 1;
     RUN(merged_weights_match_fixture);
     RUN(key_mapping_matches_manifest);
+    RUN(text_encoder_with_lora_matches_fixture);
     RUN(restore_gives_back_originals);
     RUN(synthetic_rank3_alpha_and_no_alpha);
     RUN(sd2_and_sdxl_keys);

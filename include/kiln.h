@@ -60,6 +60,69 @@ void kiln_model_free(kiln_model *model);
  * into buf (always NUL-terminated, truncated to size). Returns the full length needed. */
 size_t kiln_model_describe(const kiln_model *model, char *buf, size_t size);
 
+/* ---- generation context ----------------------------------------------------------
+ * A kiln_ctx binds a model to a compute backend and keeps the plans it compiles (one per network
+ * and shape), so repeated requests at the same size build nothing. The model must outlive it. */
+typedef struct kiln_ctx kiln_ctx;
+
+typedef struct kiln_ctx_options {
+    const char *backend;        /* "cpu" (default) or "cuda" */
+    int threads;                /* CPU threads, 0 = all cores */
+    const char *vocab_path;     /* CLIP vocabulary; NULL = the model's tokenizer/ or the default */
+    const char *embeddings_dir; /* textual-inversion embeddings used by name in prompts; NULL = none */
+    const char *lora_dir;       /* where <lora:NAME:W> prompt tags find NAME.safetensors; NULL = none */
+} kiln_ctx_options;
+
+int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **out);
+void kiln_ctx_free(kiln_ctx *ctx);
+
+/* ---- generation ------------------------------------------------------------------ */
+typedef struct kiln_gen_params {
+    const char *prompt;            /* A1111 prompt syntax: (emphasis:1.2), [from:to:when], [a|b], AND, BREAK,
+                                      <lora:NAME:W>, embedding names */
+    const char *negative_prompt;   /* "" = none */
+    int64_t seed;                  /* -1 = random */
+    int64_t subseed;               /* variation seed (-1 = random) */
+    double subseed_strength;       /* variation strength, 0 = off */
+    int seed_resize_from_w, seed_resize_from_h; /* 0 = off */
+    const char *sampler;           /* A1111 name ("Euler a", "DPM++ 2M", old "DPM++ 2M Karras" too); default "DPM++ 2M" */
+    const char *scheduler;         /* "Automatic" (default), "Karras", "Exponential", ... */
+    int steps;                     /* 20 */
+    double cfg_scale;              /* 7 */
+    int width, height;             /* 512 x 512, multiples of 8 */
+    int batch_size;                /* images sampled together (1) */
+    int batch_count;               /* batches one after another, seeds counting on (1) */
+    int clip_skip;                 /* 1 */
+    const char *rng;               /* "GPU" (default; computed as "NV"), "NV" or "CPU" (torch CPU generator) */
+    double eta;                    /* < 0 = the sampler's A1111 default */
+    double s_min_uncond;           /* A1111 "negative guidance minimum sigma" (0 = off) */
+    int64_t ensd;                  /* eta noise seed delta (0) */
+} kiln_gen_params;
+
+/* Fills p with A1111's txt2img defaults (prompt "" and the values in the comments above). */
+void kiln_gen_params_init(kiln_gen_params *p);
+
+/* One generated image: RGB8, row-major, with its seed and A1111 "parameters" infotext. */
+typedef struct kiln_gen_image {
+    int width, height;
+    uint8_t *rgb;                  /* height * width * 3 */
+    int64_t seed, subseed;
+    char *infotext;
+} kiln_gen_image;
+
+/* Progress: called after every sampler step; return nonzero to cancel (KILN_ECANCELLED). */
+typedef int (*kiln_progress_fn)(void *user, int batch_index, int step, int total_steps);
+
+/* txt2img: generates batch_size x batch_count images into *images (an array of *n_images, freed with
+ * kiln_gen_images_free). Fails with a message naming the offending field for invalid parameters. */
+int kiln_generate(kiln_ctx *ctx, const kiln_gen_params *params, kiln_progress_fn progress, void *user,
+                  kiln_gen_image **images, int *n_images);
+void kiln_gen_images_free(kiln_gen_image *images, int n);
+
+/* Writes an image as PNG, JPEG or WebP (by extension) with its infotext, atomically: a temporary file is
+ * renamed into place, so an existing file is never left half-written. */
+int kiln_gen_image_save(const kiln_gen_image *image, const char *path);
+
 /* Writes a checkpoint of a known architecture ("sd15", "tiny-sd15") with random fp16 weights, in the A1111
  * single-file layout, atomically. For benchmarks: speed does not depend on the values. */
 int kiln_write_random_checkpoint(const char *arch, const char *path, uint64_t seed);

@@ -133,9 +133,8 @@ static void p_empty_ordered_dict(buf *b) {
 }
 /* torch._utils._rebuild_tensor_v2(('storage', torch.<type>, key, 'cpu', numel), offset, size, stride,
  * False, OrderedDict()) */
-static void p_tensor(buf *b, const char *type, const char *key, long long numel, long long offset,
-                     const long long *shape, const long long *stride, int ndim) {
-    p_global(b, "torch._utils", "_rebuild_tensor_v2");
+static void p_tensor_args(buf *b, const char *type, const char *key, long long numel, long long offset,
+                          const long long *shape, const long long *stride, int ndim) {
     p_op(b, '(');
     p_op(b, '(');
     p_str(b, "storage");
@@ -153,6 +152,11 @@ static void p_tensor(buf *b, const char *type, const char *key, long long numel,
     p_empty_ordered_dict(b);
     p_op(b, 't');
     p_memo(b);
+}
+static void p_tensor(buf *b, const char *type, const char *key, long long numel, long long offset,
+                     const long long *shape, const long long *stride, int ndim) {
+    p_global(b, "torch._utils", "_rebuild_tensor_v2");
+    p_tensor_args(b, type, key, numel, offset, shape, stride, ndim);
     p_op(b, 'R');
     p_memo(b);
 }
@@ -500,8 +504,16 @@ TEST(embedding_pt) {
     p_str(&b, "string_to_param");
     p_op(&b, '}');
     p_str(&b, "*");
+    /* a Parameter as torch 2 pickles tensor subclasses: _rebuild_from_type_v2(func, type, args, state) */
     long long sh[2] = {1, 4}, st[2] = {4, 1};
-    p_tensor(&b, "FloatStorage", "0", 4, 0, sh, st, 2);
+    p_global(&b, "torch._tensor", "_rebuild_from_type_v2");
+    p_op(&b, '(');
+    p_global(&b, "torch._utils", "_rebuild_tensor_v2");
+    p_global(&b, "torch.nn.parameter", "Parameter");
+    p_tensor_args(&b, "FloatStorage", "0", 4, 0, sh, st, 2);
+    p_op(&b, '}');
+    p_op(&b, 't');
+    p_op(&b, 'R');
     p_op(&b, 's');
     p_str(&b, "name");
     p_str(&b, "tiny_emb");

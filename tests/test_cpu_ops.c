@@ -206,6 +206,33 @@ TEST(linear_2d_nobias) {
     linear_case("linear [9,33]->17", 2, xs, 17, 0);
 }
 
+TEST(linear_big) {
+    int64_t xs[3] = {3, 100, 300};
+    linear_case("linear [3,100,300]->200", 3, xs, 200, 1);
+}
+
+/* The tiled sgemm against one plain cblas_sgemm call, for every transpose combination and
+ * team sizes that do and do not divide the matrix sides. */
+TEST(tiled_sgemm) {
+    int m = 257, n = 250, k = 131;
+    float *a = rnd((int64_t)m * k, -1, 1), *b = rnd((int64_t)k * n, -1, 1);
+    float *c0 = rnd((int64_t)m * n, -1, 1), *c1 = malloc((size_t)m * n * sizeof *c1), *c2 = malloc((size_t)m * n * sizeof *c2);
+    int teams[4] = {2, 3, 7, 16};
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int t = 0; t < 4; t++) {
+                CBLAS_TRANSPOSE tA = ta ? CblasTrans : CblasNoTrans, tB = tb ? CblasTrans : CblasNoTrans;
+                int lda = ta ? m : k, ldb = tb ? k : n;
+                memcpy(c1, c0, (size_t)m * n * sizeof *c1);
+                memcpy(c2, c0, (size_t)m * n * sizeof *c2);
+                cblas_sgemm(CblasRowMajor, tA, tB, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c1, n);
+                kiln_cpu_sgemm(teams[t], tA, tB, m, n, k, 0.5f, a, lda, b, ldb, 0.25f, c2, n);
+                CHECK_MSG(test_max_abs_diff(c2, c1, (size_t)m * n) < 1e-4, "trans %d %d, %d threads", ta, tb,
+                          teams[t]);
+            }
+    free(a), free(b), free(c0), free(c1), free(c2);
+}
+
 /* ---- norms ---- */
 
 static void group_norm_case(const char *what, kiln_activation act) {
@@ -651,6 +678,8 @@ int main(void) {
     RUN(conv2d_f16_weights);
     RUN(linear_3d);
     RUN(linear_2d_nobias);
+    RUN(linear_big);
+    RUN(tiled_sgemm);
     RUN(group_norm);
     RUN(group_norm_silu);
     RUN(layer_norm);

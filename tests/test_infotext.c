@@ -134,6 +134,16 @@ TEST(format_quoting_and_strip) {
     free(s);
 }
 
+TEST(hash_lists) {
+    const char *names[] = {"add_detail", "we:ird,name", "nohash"};
+    const char *hashes[] = {"7c6bad76eb54", "0123456789ab", ""};
+    char *s = NULL;
+    CHECK(kiln_infotext_hash_list(names, hashes, 3, &s) == 0);
+    CHECK_STR(s, "add_detail: 7c6bad76eb54, weirdname: 0123456789ab");
+    free(s);
+    CHECK(kiln_infotext_hash_list(names + 2, hashes + 2, 1, &s) == 0 && s == NULL);
+}
+
 TEST(python_float_repr) {
     char b[32];
     CHECK_STR(kiln_infotext_float(7.0, 1, b), "7.0");
@@ -316,6 +326,7 @@ int main(void) {
     RUN(format_basic);
     RUN(format_all_fields_in_order);
     RUN(format_quoting_and_strip);
+    RUN(hash_lists);
     RUN(python_float_repr);
     RUN(parse_docstring_example);
     RUN(round_trip);

@@ -331,6 +331,22 @@ TEST(memory_planner_chain_reuses) {
     kiln_plan_free(p);
 }
 
+/* Regression: an op's output shape was read from the slot table while the table grew
+ * (realloc moved it), which crashed once a plan passed about a thousand slots. */
+TEST(thousands_of_slots) {
+    int64_t s[3] = {2, 3, 5};
+    kiln_plan *p = kiln_plan_new(NULL);
+    int x = kiln_plan_input(p, "x", KILN_SLOT_F32, 3, s);
+    for (int i = 0; i < 5000; i++) x = kiln_plan_activation(p, x, KILN_ACT_SILU);
+    kiln_plan_output(p, x, "out");
+    CHECK(p->status == 0 && p->n_slots == 5001);
+    int64_t want[3] = {2, 3, 5};
+    CHECK(same_shape(&p->slots[x], 3, want));
+    CHECK(kiln_plan_finalize(p) == 0);
+    CHECK(p->arena_bytes <= 3 * 256); /* the input plus what one op reads and writes */
+    kiln_plan_free(p);
+}
+
 int main(void) {
     RUN(shape_inference);
     RUN(weight_errors);
@@ -338,5 +354,6 @@ int main(void) {
     RUN(io_names_and_order);
     RUN(memory_planner_random_graphs);
     RUN(memory_planner_chain_reuses);
+    RUN(thousands_of_slots);
     return test_summary();
 }

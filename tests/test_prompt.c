@@ -9,6 +9,7 @@
 #include "text/chunker.h"
 #include "text/extra_networks.h"
 #include "text/prompt_parser.h"
+#include "text/pytext.h"
 
 #include <jansson.h>
 
@@ -153,6 +154,25 @@ TEST(attention_edge_cases) {
     CHECK(f.n == (int)n);
     kiln_prompt_fragments_free(&f);
     free(deep);
+
+    /* ... but an absurd amount of nesting is refused rather than taking minutes */
+    n = 30000;
+    deep = malloc(2 * n + 2);
+    for (size_t i = 0; i < n; i++) deep[2 * i] = '(', deep[2 * i + 1] = 'a';
+    deep[2 * n] = '\0';
+    CHECK(kiln_prompt_parse_attention(deep, &f) == KILN_EINVAL);
+    CHECK(strstr(kiln_last_error(), "nested") != NULL);
+    free(deep);
+
+    /* 100000 escaped brackets merge into one fragment (in linear time) */
+    n = 100000;
+    char *esc = malloc(2 * n + 1);
+    for (size_t i = 0; i < n; i++) esc[2 * i] = '\\', esc[2 * i + 1] = '(';
+    esc[2 * n] = '\0';
+    CHECK(kiln_prompt_parse_attention(esc, &f) == 0);
+    CHECK(f.n == 1 && strlen(f.items[0].text) == n && f.items[0].text[n - 1] == '(');
+    kiln_prompt_fragments_free(&f);
+    free(esc);
 }
 
 TEST(schedule_docstring) {
@@ -259,6 +279,34 @@ TEST(and_split) {
     CHECK_AND("a\nAND\nb:3", {"a", 1.0}, {"\nb", 3.0});
     CHECK_AND("", {"", 1.0});
     CHECK_AND("AND", {"", 1.0}, {"", 1.0});
+}
+
+/* Python float()/int() as A1111's weights and LoRA multipliers go through them (values from Python 3.11) */
+TEST(python_numbers) {
+    static const struct { const char *s; int ok; double v; } fl[] = {
+        {"1_000.5", 1, 1000.5}, {"1__0", 0, 0}, {"_1", 0, 0}, {"1_", 0, 0}, {" 1.5 ", 1, 1.5}, {"1e5", 1, 1e5},
+        {"1e", 0, 0}, {".e1", 0, 0}, {"\xd9\xa1\xd9\xa2", 1, 12.0}, {"1.2.3", 0, 0}, {"0x10", 0, 0}, {"in f", 0, 0},
+        {"5.", 1, 5.0}, {".5", 1, 0.5}, {"1_0e1_0", 1, 1e11}, {"\xc2\xa0" "1\xe3\x80\x80", 1, 1.0}, {"1e-400", 1, 0.0},
+        {"1.5_", 0, 0}, {"", 0, 0}, {"0.1", 1, 0.1}, {"-2.5e-3", 1, -2.5e-3}, {"a", 0, 0},
+    };
+    for (int i = 0; i < N_OF(fl); i++) {
+        double v = -99;
+        int rc = kiln_py_float(fl[i].s, strlen(fl[i].s), &v);
+        CHECK_MSG(fl[i].ok ? rc == 0 && v == fl[i].v : rc == KILN_EINVAL, "float('%s') rc %d v %.17g", fl[i].s, rc, v);
+    }
+    double v;
+    CHECK(kiln_py_float("+inf", 4, &v) == 0 && isinf(v) && v > 0);
+    CHECK(kiln_py_float("Infinity", 8, &v) == 0 && isinf(v));
+    CHECK(kiln_py_float("-nan", 4, &v) == 0 && isnan(v));
+    static const struct { const char *s; int ok; int v; } in[] = {
+        {"8", 1, 8}, {" -3 ", 1, -3}, {"1_0", 1, 10}, {"1.0", 0, 0}, {"", 0, 0}, {"+", 0, 0},
+        {"999999999999", 0, 0}, {"\xd9\xa3", 1, 3}, {"1__0", 0, 0},
+    };
+    for (int i = 0; i < N_OF(in); i++) {
+        int x = -99;
+        int rc = kiln_py_int(in[i].s, strlen(in[i].s), &x);
+        CHECK_MSG(in[i].ok ? rc == 0 && x == in[i].v : rc == KILN_EINVAL, "int('%s') rc %d v %d", in[i].s, rc, x);
+    }
 }
 
 /* ---- extra networks ------------------------------------------------------------------------------ */
@@ -697,6 +745,7 @@ int main(void) {
     RUN(schedule_docstring);
     RUN(schedule_edge_cases);
     RUN(and_split);
+    RUN(python_numbers);
     RUN(extra_network_tags);
     RUN(chunker_synthetic);
     RUN(fixture_conditioning);

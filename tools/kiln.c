@@ -1,10 +1,19 @@
 /* kiln.c — the command-line interface: info, tokenize (and, as they land, generate, build, bench, serve).
  *
  * Contract (DESIGN.md): exit 0 on success, 1 on a user error with a one-line message on stderr. */
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include <jansson.h>
+
+#include "io/image.h"
+#include "io/infotext.h"
+#include "pipeline/bench.h"
 #include "kiln.h"
 
 static int fail(const char *what) {
@@ -18,6 +27,10 @@ static int usage(FILE *f) {
                "  info MODEL                describe a checkpoint (.safetensors) or diffusers folder\n"
                "  tokenize [--vocab FILE | -m MODEL] PROMPT\n"
                "                            print the CLIP token ids (BOS/EOS included) as a JSON array\n"
+               "  generate -m MODEL -p PROMPT [options]   txt2img (kiln generate --help lists the options)\n"
+               "  bench -m MODEL [--backend cpu|cuda] [-W 512 -H 512 --batch-size 1 --steps 20 --iters 20 --profile]\n"
+               "                            time the U-Net step and whole txt2img runs\n"
+               "  pnginfo IMAGE             print an image's A1111 parameters as JSON\n"
                "  mkrandom [--arch sd15|tiny-sd15] [--seed N] -o FILE.safetensors\n"
                "                            write a checkpoint with random weights (for benchmarks)\n"
                "  version                   print the version\n");
@@ -114,6 +127,283 @@ static int cmd_mkrandom(int argc, char **argv) {
     return 0;
 }
 
+/* ---- pnginfo: A1111's "PNG Info" tab ---- */
+static int cmd_pnginfo(int argc, char **argv) {
+    if (argc != 1) {
+        fprintf(stderr, "kiln pnginfo: expected one IMAGE argument\n");
+        return 1;
+    }
+    kiln_image img = {0};
+    kiln_image_texts texts = {0};
+    if (kiln_image_load(argv[0], 3, &img, &texts)) return fail("pnginfo");
+    const char *params = kiln_image_texts_get(&texts, "parameters");
+    int status = 0;
+    if (!params) {
+        fprintf(stderr, "kiln pnginfo: %s has no A1111 \"parameters\" text\n", argv[0]);
+        status = 1;
+    } else {
+        kiln_infotext it;
+        if (kiln_infotext_parse(params, &it)) {
+            status = fail("pnginfo");
+        } else {
+            json_t *o = json_object();
+            json_object_set_new(o, "prompt", json_string(it.prompt));
+            json_object_set_new(o, "negative_prompt", json_string(it.negative_prompt));
+            for (int i = 0; i < it.n_params; i++) json_object_set_new(o, it.params[i].key, json_string(it.params[i].value));
+            char *js = json_dumps(o, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+            printf("%s\n", js);
+            free(js);
+            json_decref(o);
+            kiln_infotext_free(&it);
+        }
+    }
+    kiln_image_texts_free(&texts);
+    kiln_image_free(&img);
+    return status;
+}
+
+/* ---- generate ---- */
+
+static int parse_int(const char *opt, const char *v, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end || x < lo || x > hi) {
+        fprintf(stderr, "kiln generate: %s wants an integer between %lld and %lld, not '%s'\n", opt, lo, hi, v);
+        return 0;
+    }
+    *out = x;
+    return 1;
+}
+
+static int parse_float(const char *opt, const char *v, double *out) {
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end || !isfinite(x)) {
+        fprintf(stderr, "kiln generate: %s wants a number, not '%s'\n", opt, v);
+        return 0;
+    }
+    *out = x;
+    return 1;
+}
+
+static void generate_help(FILE *f) {
+    fprintf(f, "usage: kiln generate -m MODEL -p PROMPT [options]\n"
+               "  -m, --model FILE|DIR      .safetensors checkpoint or diffusers folder\n"
+               "  -p, --prompt TEXT         prompt (A1111 syntax)\n"
+               "  -n, --negative TEXT       negative prompt\n"
+               "  --seed N                  seed (-1 = random; default -1)\n"
+               "  --subseed N, --subseed-strength F   variation seed and strength\n"
+               "  --sampler NAME            A1111 sampler name (default \"DPM++ 2M\")\n"
+               "  --scheduler NAME          Automatic (default), Karras, Exponential, ...\n"
+               "  --steps N                 sampling steps (20)\n"
+               "  --cfg-scale F             classifier-free guidance scale (7)\n"
+               "  -W, --width N / -H, --height N   image size, multiples of 8 (512)\n"
+               "  --batch-size N, --batch-count N  images per batch, batches (1, 1)\n"
+               "  --clip-skip N             (1)\n"
+               "  --rng gpu|nv|cpu          noise source (gpu = A1111's default, computed as nv)\n"
+               "  --eta F, --s-min-uncond F, --ensd N   sampler eta, negative guidance minimum sigma, ENSD\n"
+               "  --vae FILE                separate VAE (A1111 \"SD VAE\")\n"
+               "  --vocab FILE              CLIP vocabulary (default: the model's or the installed one)\n"
+               "  --backend cpu|cuda        compute backend (cpu)\n"
+               "  --threads N               CPU threads (all)\n"
+               "  -o, --output FILE         .png/.jpg/.webp (default kiln-SEED.png); several images get -N suffixes\n"
+               "  -q, --quiet               no progress bar\n");
+}
+
+typedef struct progress_state {
+    int enabled, total_batches;
+    struct timespec start;
+} progress_state;
+
+static double seconds_since(const struct timespec *t0) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) * 1e-9;
+}
+
+static int on_progress(void *user, int batch, int step, int total) {
+    progress_state *ps = user;
+    if (!ps->enabled) return 0;
+    if (step == 1 && batch == 0) clock_gettime(CLOCK_MONOTONIC, &ps->start);
+    double el = seconds_since(&ps->start);
+    int done = batch * total + step, all = total * ps->total_batches;
+    double rate = el > 0 ? done / el : 0, eta = rate > 0 ? (all - done) / rate : 0;
+    int bar = total > 0 ? 30 * step / total : 0;
+    fprintf(stderr, "\r  batch %d/%d step %3d/%d [%.*s%*s] %6.2f it/s ETA %5.1fs", batch + 1, ps->total_batches,
+            step, total, bar, "##############################", 30 - bar, "", rate, eta);
+    if (step == total) fputc('\n', stderr);
+    return 0;
+}
+
+/* "out.png" + image 2 of 3 -> "out-2.png"; one image keeps the name. */
+static void output_name(const char *base, int index, int count, char *buf, size_t size) {
+    if (count == 1) {
+        snprintf(buf, size, "%s", base);
+        return;
+    }
+    const char *dot = strrchr(base, '.'), *slash = strrchr(base, '/');
+    if (!dot || (slash && dot < slash)) dot = base + strlen(base);
+    snprintf(buf, size, "%.*s-%d%s", (int)(dot - base), base, index + 1, dot);
+}
+
+static int cmd_generate(int argc, char **argv) {
+    kiln_gen_params p;
+    kiln_gen_params_init(&p);
+    const char *model_path = NULL, *output = NULL, *vae = NULL, *vocab = NULL, *backend = "cpu";
+    long long v;
+    double d;
+    int threads = 0, quiet = 0, have_prompt = 0;
+    char rng_buf[16];
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            generate_help(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
+            quiet = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "kiln generate: %s %s\n", a, a[0] == '-' ? "needs a value" : "is not an option");
+            return 1;
+        }
+        const char *val = argv[++i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = val;
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) p.prompt = val, have_prompt = 1;
+        else if (!strcmp(a, "-n") || !strcmp(a, "--negative") || !strcmp(a, "--negative-prompt")) p.negative_prompt = val;
+        else if (!strcmp(a, "--seed")) { if (!parse_int(a, val, -1, 18446744073709551LL, &v)) return 1; p.seed = v; }
+        else if (!strcmp(a, "--subseed")) { if (!parse_int(a, val, -1, 18446744073709551LL, &v)) return 1; p.subseed = v; }
+        else if (!strcmp(a, "--subseed-strength")) { if (!parse_float(a, val, &d)) return 1; p.subseed_strength = d; }
+        else if (!strcmp(a, "--sampler")) p.sampler = val;
+        else if (!strcmp(a, "--scheduler")) p.scheduler = val;
+        else if (!strcmp(a, "--steps")) { if (!parse_int(a, val, 1, 10000, &v)) return 1; p.steps = (int)v; }
+        else if (!strcmp(a, "--cfg-scale")) { if (!parse_float(a, val, &d)) return 1; p.cfg_scale = d; }
+        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; p.width = (int)v; }
+        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; p.height = (int)v; }
+        else if (!strcmp(a, "--batch-size")) { if (!parse_int(a, val, 1, 64, &v)) return 1; p.batch_size = (int)v; }
+        else if (!strcmp(a, "--batch-count")) { if (!parse_int(a, val, 1, 100000, &v)) return 1; p.batch_count = (int)v; }
+        else if (!strcmp(a, "--clip-skip")) { if (!parse_int(a, val, 1, 64, &v)) return 1; p.clip_skip = (int)v; }
+        else if (!strcmp(a, "--rng")) { snprintf(rng_buf, sizeof rng_buf, "%s", val); p.rng = rng_buf; }
+        else if (!strcmp(a, "--eta")) { if (!parse_float(a, val, &d)) return 1; p.eta = d; }
+        else if (!strcmp(a, "--s-min-uncond")) { if (!parse_float(a, val, &d)) return 1; p.s_min_uncond = d; }
+        else if (!strcmp(a, "--ensd")) { if (!parse_int(a, val, 0, 4294967295LL, &v)) return 1; p.ensd = v; }
+        else if (!strcmp(a, "--vae")) vae = val;
+        else if (!strcmp(a, "--vocab")) vocab = val;
+        else if (!strcmp(a, "--backend")) backend = val;
+        else if (!strcmp(a, "--threads")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; threads = (int)v; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) output = val;
+        else {
+            fprintf(stderr, "kiln generate: unknown option '%s' (see kiln generate --help)\n", a);
+            return 1;
+        }
+    }
+    if (!model_path || !have_prompt) {
+        fprintf(stderr, "kiln generate: -m MODEL and -p PROMPT are required (see kiln generate --help)\n");
+        return 1;
+    }
+    if (strcmp(backend, "cpu") && strcmp(backend, "cuda")) {
+        fprintf(stderr, "kiln generate: --backend must be cpu or cuda, not '%s'\n", backend);
+        return 1;
+    }
+    kiln_model_options mo = {.vae_path = vae};
+    kiln_model *m = NULL;
+    if (kiln_model_load(model_path, &mo, &m)) return fail("generate");
+    kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab};
+    kiln_ctx *ctx = NULL;
+    if (kiln_ctx_create(m, &co, &ctx)) {
+        kiln_model_free(m);
+        return fail("generate");
+    }
+    progress_state ps = {.enabled = !quiet && isatty(2), .total_batches = p.batch_count};
+    kiln_gen_image *images = NULL;
+    int n = 0, rc = kiln_generate(ctx, &p, on_progress, &ps, &images, &n);
+    int status = 0;
+    if (rc) {
+        status = fail("generate");
+    } else {
+        for (int i = 0; i < n && status == 0; i++) {
+            char name[4096], def[64];
+            snprintf(def, sizeof def, "kiln-%lld.png", (long long)images[0].seed);
+            output_name(output ? output : def, i, n, name, sizeof name);
+            if (kiln_gen_image_save(&images[i], name)) {
+                status = fail("generate");
+            } else {
+                printf("%s\n", name);
+            }
+        }
+    }
+    kiln_gen_images_free(images, n);
+    kiln_ctx_free(ctx);
+    kiln_model_free(m);
+    return status;
+}
+
+/* ---- bench ---- */
+static int cmd_bench(int argc, char **argv) {
+    kiln_bench_opts o = {.backend = "cpu", .width = 512, .height = 512, .batch = 1, .steps = 20, .sampler = "Euler a",
+                         .warmup = 5, .iters = 20, .runs = 3, .log = stdout};
+    const char *model_path = NULL;
+    long long v;
+    double d;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--profile")) {
+            o.profile = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "kiln bench: %s needs a value\n", a);
+            return 1;
+        }
+        const char *val = argv[++i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = val;
+        else if (!strcmp(a, "--backend")) o.backend = val;
+        else if (!strcmp(a, "--sampler")) o.sampler = val;
+        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; o.width = (int)v; }
+        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; o.height = (int)v; }
+        else if (!strcmp(a, "--batch-size")) { if (!parse_int(a, val, 1, 32, &v)) return 1; o.batch = (int)v; }
+        else if (!strcmp(a, "--steps")) { if (!parse_int(a, val, 0, 10000, &v)) return 1; o.steps = (int)v; }
+        else if (!strcmp(a, "--iters")) { if (!parse_int(a, val, 1, 100000, &v)) return 1; o.iters = (int)v; }
+        else if (!strcmp(a, "--warmup")) { if (!parse_int(a, val, 0, 100000, &v)) return 1; o.warmup = (int)v; }
+        else if (!strcmp(a, "--runs")) { if (!parse_int(a, val, 1, 1000, &v)) return 1; o.runs = (int)v; }
+        else if (!strcmp(a, "--threads")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; o.threads = (int)v; }
+        else if (!strcmp(a, "--peak-tflops")) { if (!parse_float(a, val, &d)) return 1; o.peak_tflops = d; }
+        else {
+            fprintf(stderr, "kiln bench: unknown option '%s'\n", a);
+            return 1;
+        }
+    }
+    if (!model_path) {
+        fprintf(stderr, "kiln bench: -m MODEL is required (kiln mkrandom makes a benchmark model)\n");
+        return 1;
+    }
+    kiln_model *m = NULL;
+    if (kiln_model_load(model_path, NULL, &m)) return fail("bench");
+    kiln_bench_result r;
+    int rc = kiln_bench_run(m, &o, &r);
+    kiln_model_free(m);
+    if (rc) return fail("bench");
+    double ms = r.unet_gpu_median_ms > 0 ? r.unet_gpu_median_ms : r.unet_median_ms;
+    printf("model            %s\n", model_path);
+    printf("backend          %s, %dx%d, batch %d (U-Net batch %d with CFG)\n", o.backend, o.width, o.height, o.batch,
+           2 * o.batch);
+    printf("unet step        %.3f ms median (wall, host copies included), %.3f ms min", r.unet_median_ms, r.unet_min_ms);
+    if (r.unet_gpu_median_ms > 0) printf(", %.3f ms GPU replay", r.unet_gpu_median_ms);
+    printf("\nunet rate        %.1f it/s, %.1f GFLOP per call, %.2f TFLOP/s", 1e3 / ms, r.unet_gflop,
+           r.unet_gflop / ms);
+    if (o.peak_tflops > 0) printf(" (%.0f%% of %.0f)", 100.0 * r.unet_gflop / ms / o.peak_tflops, o.peak_tflops);
+    printf("\n");
+    if (o.steps > 0)
+        printf("txt2img          %.1f ms total (%d steps %s): text encode %.1f ms, sampling %.1f ms, VAE decode %.1f ms\n",
+               r.total_ms, o.steps, o.sampler, r.encode_ms, r.sampling_ms, r.decode_ms);
+    printf("weights          %.2f GiB as stored\n", (double)r.weights_bytes / (1u << 30));
+    if (r.device_bytes) printf("device memory    %.2f GiB in use\n", (double)r.device_bytes / (1u << 30));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
@@ -125,6 +415,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "info")) return cmd_info(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "mkrandom")) return cmd_mkrandom(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "pnginfo")) return cmd_pnginfo(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
     fprintf(stderr, "kiln: unknown command '%s' (try kiln help)\n", cmd);
     return 1;
 }

@@ -58,6 +58,7 @@ enum {
     G_REBUILD_PARAMETER,
     G_REBUILD_PARAMETER_STATE,
     G_TORCH_SIZE,
+    G_REBUILD_FROM_TYPE_V2,
     G_STORAGE,   /* + storage type */
     G_INERT = 100,
 };
@@ -72,6 +73,10 @@ static const struct {
     {"torch._utils", "_rebuild_parameter", G_REBUILD_PARAMETER},
     {"torch._utils", "_rebuild_parameter_with_state", G_REBUILD_PARAMETER_STATE},
     {"torch", "Size", G_TORCH_SIZE},
+    {"torch._tensor", "_rebuild_from_type_v2", G_REBUILD_FROM_TYPE_V2},
+    {"torch._utils", "_rebuild_from_type_v2", G_REBUILD_FROM_TYPE_V2},
+    {"torch", "Tensor", G_INERT},
+    {"torch.nn.parameter", "Parameter", G_INERT},
     {"torch", "FloatStorage", G_STORAGE + PK_ST_FLOAT},
     {"torch", "HalfStorage", G_STORAGE + PK_ST_HALF},
     {"torch", "BFloat16Storage", G_STORAGE + PK_ST_BFLOAT16},
@@ -311,6 +316,11 @@ static int call(vm *m, pk_value *fn, pk_value *args, pk_value **out) {
         if (args->n < 1 || args->items[0]->kind != PK_TENSOR) return fail(m, "parameter rebuild without a tensor", NULL);
         *out = args->items[0];
         return KILN_OK;
+    case G_REBUILD_FROM_TYPE_V2: /* (func, new_type, args, state) -> func(*args); the subclass is dropped */
+        if (args->n < 3 || args->items[2]->kind != PK_TUPLE || args->items[0]->kind != PK_GLOBAL ||
+            args->items[0]->i == G_REBUILD_FROM_TYPE_V2)
+            return fail(m, "bad _rebuild_from_type_v2 arguments", NULL);
+        return call(m, args->items[0], args->items[2], out);
     case G_TORCH_SIZE: /* torch.Size((d0, d1, ...)) -> the tuple */
         if (args->n == 1 && args->items[0]->kind == PK_TUPLE) {
             *out = args->items[0];

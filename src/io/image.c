@@ -43,7 +43,8 @@ void kiln_image_texts_free(kiln_image_texts *texts) {
 
 const char *kiln_image_texts_get(const kiln_image_texts *texts, const char *key) {
     if (!texts) return NULL;
-    for (int i = 0; i < texts->n; i++)
+    /* the last one wins, as in Pillow's info dict */
+    for (int i = texts->n - 1; i >= 0; i--)
         if (strcmp(texts->items[i].key, key) == 0) return texts->items[i].value;
     return NULL;
 }

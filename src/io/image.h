@@ -61,7 +61,7 @@ int kiln_image_alloc(kiln_image *img, int width, int height, int channels);
 /* Frees pixels and clears img; safe on a zeroed or already freed image. */
 void kiln_image_free(kiln_image *img);
 void kiln_image_texts_free(kiln_image_texts *texts);
-/* The value of key, or NULL. */
+/* The value of key (the last one if repeated, as Pillow's info dict keeps), or NULL. */
 const char *kiln_image_texts_get(const kiln_image_texts *texts, const char *key);
 
 /* The format of an encoded image from its first bytes; -1 if none of ours. */

@@ -265,17 +265,32 @@ static int png_read_all(png_ctx *c, int channels, kiln_image *img, kiln_image_te
     }
     rc = kiln_image_alloc(img, (int)w, (int)h, channels);
     if (rc < 0) goto done;
-    c->raw = malloc(rowbytes * h);
-    c->rows = malloc(sizeof(png_bytep) * h);
-    if (!c->raw || !c->rows) {
-        rc = kiln_error(KILN_ENOMEM, "%s: out of memory (%ux%u)", name, (unsigned)w, (unsigned)h);
-        goto done;
+    if (png_get_interlace_type(png, info) == PNG_INTERLACE_NONE) {
+        /* One row at a time: no full-size intermediate buffer. */
+        c->raw = malloc(rowbytes);
+        if (!c->raw) {
+            rc = kiln_error(KILN_ENOMEM, "%s: out of memory", name);
+            goto done;
+        }
+        for (png_uint_32 y = 0; y < h; y++) {
+            png_read_row(png, c->raw, NULL);
+            kiln_image_convert_row(c->raw, src_ch, img->pixels + (size_t)y * w * (size_t)channels, channels, (int)w);
+        }
+    } else {
+        /* Adam7 fills rows over several passes: read the whole image first. */
+        c->raw = malloc(rowbytes * h);
+        c->rows = malloc(sizeof(png_bytep) * h);
+        if (!c->raw || !c->rows) {
+            rc = kiln_error(KILN_ENOMEM, "%s: out of memory (%ux%u)", name, (unsigned)w, (unsigned)h);
+            goto done;
+        }
+        for (png_uint_32 y = 0; y < h; y++) c->rows[y] = c->raw + (size_t)y * rowbytes;
+        png_read_image(png, c->rows);
+        for (png_uint_32 y = 0; y < h; y++)
+            kiln_image_convert_row(c->rows[y], src_ch, img->pixels + (size_t)y * w * (size_t)channels, channels,
+                                   (int)w);
     }
-    for (png_uint_32 y = 0; y < h; y++) c->rows[y] = c->raw + (size_t)y * rowbytes;
-    png_read_image(png, c->rows);
     png_read_end(png, end_info);
-    for (png_uint_32 y = 0; y < h; y++)
-        kiln_image_convert_row(c->rows[y], src_ch, img->pixels + (size_t)y * w * (size_t)channels, channels, (int)w);
     if (texts) {
         /* Text chunks can sit before or after IDAT; libpng splits them between info and end_info. */
         rc = collect_texts(png, info, texts);

@@ -330,6 +330,24 @@ int kiln_infotext_format(const kiln_infotext_params *p, char **out) {
     return rc;
 }
 
+int kiln_infotext_hash_list(const char *const *names, const char *const *hashes, int n, char **out) {
+    sbuf b = {0};
+    for (int i = 0; i < n; i++) {
+        if (!hashes[i] || !*hashes[i]) continue;
+        if (b.len) sb_str(&b, ", ");
+        for (const char *p = names[i] ? names[i] : ""; *p; p++)
+            if (*p != ':' && *p != ',') sb_add(&b, p, 1);
+        sb_str(&b, ": ");
+        sb_str(&b, hashes[i]);
+    }
+    if (b.oom) {
+        free(b.p);
+        return kiln_error(KILN_ENOMEM, "infotext: out of memory");
+    }
+    *out = b.p; /* NULL when nothing was added */
+    return KILN_OK;
+}
+
 /* ---- parsing ---- */
 
 /* One match of re_param = \s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$) searched from *pos.

@@ -77,6 +77,12 @@ typedef struct kiln_infotext_params {
  * key replaces its value in place (Python dict semantics), as "Denoising strength" does in A1111. */
 int kiln_infotext_format(const kiln_infotext_params *params, char **out);
 
+/* The "Lora hashes" / "TI hashes" value: "name: hash, name2: hash2", with ':' and ',' removed from
+ * each name as A1111 does (hashes: kiln_hash_addnet_safetensors()[0:12] for LoRAs, the file's
+ * sha256[0:12] for embeddings). Entries with an empty hash are left out, as A1111 skips them;
+ * *out is NULL when nothing remains (leave the key out then). *out is malloc'ed. */
+int kiln_infotext_hash_list(const char *const *names, const char *const *hashes, int n, char **out);
+
 /* Python's repr of a float ("7.0", "0.75", "1e-05"); with python_float 0 an integral value prints
  * without ".0". buf needs 32 bytes. Returns buf. */
 char *kiln_infotext_float(double x, int python_float, char buf[32]);

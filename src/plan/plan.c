@@ -76,6 +76,10 @@ int64_t kiln_slot_numel(const kiln_slot *s) {
 
 /* Appends a slot; returns its id or -1 (plan failed). */
 static int add_slot(kiln_plan *p, kiln_slot_kind kind, kiln_slot_dtype dtype, int ndim, const int64_t *shape) {
+    /* shape often points into p->slots (an op's output shaped like its input), which the
+     * realloc below may move: copy it first */
+    int64_t dims[KILN_PLAN_MAX_DIMS];
+    for (int i = 0; i < ndim; i++) dims[i] = shape[i];
     if (p->n_slots == p->cap_slots) {
         int cap = p->cap_slots ? p->cap_slots * 2 : 64;
         kiln_slot *s = realloc(p->slots, (size_t)cap * sizeof *s);
@@ -88,7 +92,7 @@ static int add_slot(kiln_plan *p, kiln_slot_kind kind, kiln_slot_dtype dtype, in
     s->kind = kind;
     s->dtype = dtype;
     s->ndim = ndim;
-    for (int i = 0; i < ndim; i++) s->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++) s->shape[i] = dims[i];
     s->producer = -1;
     s->last_use = -1;
     return p->n_slots++;
@@ -169,9 +173,10 @@ static int add_weight(kiln_plan *p, const char *name, int ndim, const int64_t *s
     if (t->dtype != KILN_F32 && t->dtype != KILN_F16 && t->dtype != KILN_BF16)
         return plan_fail(p, KILN_EUNSUPPORTED, "tensor %s has dtype %s; weights must be F32, F16 or BF16", name,
                          kiln_dtype_name(t->dtype));
-    /* one slot per tensor, however often a builder asks for it */
+    /* one slot per tensor, however often a builder asks for it (matched by name: in collect
+     * mode the store grows while we build, so its tensors move) */
     for (int i = 0; i < p->n_slots; i++)
-        if (p->slots[i].kind == KILN_SLOT_WEIGHT && p->slots[i].weight == t) return i;
+        if (p->slots[i].kind == KILN_SLOT_WEIGHT && !strcmp(p->slots[i].name, name)) return i;
     int id = add_slot(p, KILN_SLOT_WEIGHT, KILN_SLOT_F32, ndim, shape);
     if (id < 0) return -1;
     snprintf(p->slots[id].name, sizeof p->slots[id].name, "%s", name);

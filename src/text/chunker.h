@@ -13,7 +13,9 @@
  *
  * The encoder then runs each 77-token chunk separately, writes every fix's vectors over the token
  * embeddings at positions offset+1 .. offset+n_vectors of its chunk (before position embeddings),
- * multiplies the output by the multipliers and restores the mean (A1111 emphasis "Original"). */
+ * multiplies the output by the multipliers and restores the mean (A1111 emphasis "Original").
+ * A1111's other emphasis modes differ only there: "Ignore" skips the multiplication, "No norm"
+ * skips the mean restoration; "None" also skips the attention syntax (emphasis_none below). */
 #ifndef KILN_TEXT_CHUNKER_H
 #define KILN_TEXT_CHUNKER_H
 

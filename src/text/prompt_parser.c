@@ -71,7 +71,10 @@ static int word_at(const char *s, size_t lo, size_t hi, size_t i, const char *w)
 typedef struct frag_list {
     kiln_prompt_fragment *items;
     int n, cap;
+    long long work; /* weight multiplications done so far */
 } frag_list;
+
+#define MAX_WEIGHT_UPDATES 100000000
 
 static int frag_push(frag_list *l, const char *s, size_t n, double w) {
     if (l->n == l->cap) {
@@ -170,8 +173,14 @@ static int stack_push(pos_stack *st, int x) {
 
 /* A1111 multiplies every fragment from the bracket's opening position on, one bracket at a time;
  * doing the same keeps the doubles bit-identical (1.1 * 1.1 * 1.3 != 1.3 * 1.21). */
-static void multiply_range(frag_list *l, int from, double m) {
+static int multiply_range(frag_list *l, int from, double m) {
+    /* That is quadratic for prompts like "(a(a(a(a..." (as in A1111); refuse absurd ones instead of
+     * stalling for minutes. */
+    l->work += l->n - from;
+    if (l->work > MAX_WEIGHT_UPDATES)
+        return kiln_error(KILN_EINVAL, "prompt: too many nested brackets (over %d weight updates)", MAX_WEIGHT_UPDATES);
     for (int p = from; p < l->n; p++) l->items[p].weight *= m;
+    return 0;
 }
 
 static int parse_attention(const char *s, size_t len, frag_list *res) {
@@ -202,7 +211,7 @@ static int parse_attention(const char *s, size_t len, frag_list *res) {
                 if (round.n > 0) {
                     double w;
                     rc = kiln_py_float(s + na, nb - na, &w);
-                    if (rc == 0) multiply_range(res, round.v[--round.n], w);
+                    if (rc == 0) rc = multiply_range(res, round.v[--round.n], w);
                     else rc = kiln_error_context(rc, "prompt weight at byte %zu", i);
                 } else {
                     rc = push_text_split_break(res, s, i, end);
@@ -213,11 +222,11 @@ static int parse_attention(const char *s, size_t len, frag_list *res) {
                 i++;
             }
         } else if (c == ')') {
-            if (round.n > 0) multiply_range(res, round.v[--round.n], round_mult);
+            if (round.n > 0) rc = multiply_range(res, round.v[--round.n], round_mult);
             else rc = frag_push(res, ")", 1, 1.0);
             i++;
         } else if (c == ']') {
-            if (square.n > 0) multiply_range(res, square.v[--square.n], square_mult);
+            if (square.n > 0) rc = multiply_range(res, square.v[--square.n], square_mult);
             else rc = frag_push(res, "]", 1, 1.0);
             i++;
         } else {
@@ -229,8 +238,8 @@ static int parse_attention(const char *s, size_t len, frag_list *res) {
     }
     if (rc == 0) {
         /* unclosed brackets close at the end, in the order they were opened */
-        for (int k = 0; k < round.n; k++) multiply_range(res, round.v[k], round_mult);
-        for (int k = 0; k < square.n; k++) multiply_range(res, square.v[k], square_mult);
+        for (int k = 0; rc == 0 && k < round.n; k++) rc = multiply_range(res, round.v[k], round_mult);
+        for (int k = 0; rc == 0 && k < square.n; k++) rc = multiply_range(res, square.v[k], square_mult);
     }
     free(round.v);
     free(square.v);
@@ -250,21 +259,31 @@ int kiln_prompt_parse_attention(const char *text, kiln_prompt_fragments *out) {
             rc = kiln_error(KILN_EINVAL, "prompt: the attention weight of \"%.40s\" is %g (not a finite number)",
                             res.items[k].text, res.items[k].weight);
     }
-    /* merge runs of identical weights */
-    int k = 0;
-    while (rc == 0 && k + 1 < res.n) {
-        if (res.items[k].weight == res.items[k + 1].weight) {
-            strbuf b = {res.items[k].text, strlen(res.items[k].text), strlen(res.items[k].text) + 1};
-            rc = sb_add(&b, res.items[k + 1].text, strlen(res.items[k + 1].text));
+    /* merge runs of identical weights, in one pass (merging never changes a weight) */
+    int w = 0, k = 0;
+    while (rc == 0 && k < res.n) {
+        int e = k + 1;
+        while (e < res.n && res.items[e].weight == res.items[k].weight) e++;
+        if (e > k + 1) {
+            strbuf b = {0};
+            for (int j = k; rc == 0 && j < e; j++) rc = sb_add(&b, res.items[j].text, strlen(res.items[j].text));
+            if (rc) {
+                free(b.s);
+                break;
+            }
+            for (int j = k; j < e; j++) free(res.items[j].text);
             res.items[k].text = b.s;
-            if (rc) break;
-            free(res.items[k + 1].text);
-            memmove(&res.items[k + 1], &res.items[k + 2], (size_t)(res.n - k - 2) * sizeof res.items[0]);
-            res.n--;
-        } else {
-            k++;
         }
+        res.items[w++] = res.items[k];
+        k = e;
     }
+    if (rc) { /* items [0, w) and [k, n) still own their texts */
+        for (int j = 0; j < w; j++) free(res.items[j].text);
+        for (int j = k; j < res.n; j++) free(res.items[j].text);
+        free(res.items);
+        return rc;
+    }
+    res.n = w;
     out->items = res.items;
     out->n = res.n;
     if (rc) kiln_prompt_fragments_free(out);

@@ -9,7 +9,8 @@
  *
  * A1111 applies them in that order to each prompt (after cutting out <lora:...> tags, see
  * extra_networks.h): split on AND, compute each part's schedule, and for every distinct text of a
- * schedule parse the attention and chunk the tokens (chunker.h).
+ * schedule parse the attention and chunk the tokens (chunker.h). Negative prompts get schedules
+ * and attention but no AND split and no tag cutting (get_learned_conditioning).
  *
  * Strings are UTF-8; invalid UTF-8 is rejected with KILN_EINVAL. Results own their memory and are
  * released with the matching *_free (which accepts a zeroed or already freed struct). On failure the

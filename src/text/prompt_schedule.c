@@ -120,14 +120,10 @@ static int match_number_tail(const parser *P, size_t i, size_t *num_a, size_t *n
     if (j < len && (s[j] == '+' || s[j] == '-')) j++;
     size_t int_digits = 0, frac_digits = 0;
     while (j < len && s[j] >= '0' && s[j] <= '9') j++, int_digits++;
-    int has_dot = 0;
     if (j < len && s[j] == '.') {
         size_t k = j + 1;
         while (k < len && s[k] >= '0' && s[k] <= '9') k++, frac_digits++;
-        if (int_digits + frac_digits > 0) {
-            has_dot = 1;
-            j = k;
-        }
+        if (int_digits + frac_digits > 0) j = k;
     }
     if (int_digits + frac_digits == 0) return 0;
     if (j < len && (s[j] == 'e' || s[j] == 'E')) {
@@ -137,7 +133,6 @@ static int match_number_tail(const parser *P, size_t i, size_t *num_a, size_t *n
         while (k < len && s[k] >= '0' && s[k] <= '9') k++;
         if (k > e) j = k;
     }
-    (void)has_dot;
     size_t b = j;
     j = skip_space(P, j);
     if (j >= len || s[j] != ']') return 0;

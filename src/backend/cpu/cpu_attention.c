@@ -12,8 +12,8 @@
 
 #include "backend/cpu/cpu_ops.h"
 
-/* Scores per band, in floats (256 KiB: about a core's L2 share). */
-#define ATTN_BAND_FLOATS ((size_t)64 << 10)
+/* Scores per band, in floats (1 MiB: within a core's L2 on current server CPUs). */
+#define ATTN_BAND_FLOATS ((size_t)256 << 10)
 
 static int64_t band_rows(int64_t lq, int64_t lk) {
     int64_t rows = (int64_t)(ATTN_BAND_FLOATS / (size_t)lk);
@@ -30,7 +30,6 @@ size_t kiln_cpu_attention_scratch(const kiln_plan *p, const kiln_op *op, int n_t
  * masked by causality, become 0). */
 static void softmax_row(float *s, int64_t n_keys, int64_t lk) {
     float mx = -INFINITY, sum = 0.0f;
-#pragma omp simd reduction(max : mx)
     for (int64_t j = 0; j < n_keys; j++) mx = s[j] > mx ? s[j] : mx;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n_keys; j++) {
@@ -53,8 +52,10 @@ void kiln_cpu_attention(const kiln_cpu_exec *e, const kiln_op *op) {
     int64_t n_tasks = nb * heads * bands;
     int causal = op->causal;
     float scale = op->scale;
+    /* about 4 multiply-adds per score (2 * d in the products, plus the softmax) per 16 work units */
+    int team = kiln_cpu_team(e->n_threads, nb * heads * lq * lk * (2 * d + 8) / 16);
 
-#pragma omp parallel for num_threads(e->n_threads) schedule(dynamic)
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(dynamic)
     for (int64_t t = 0; t < n_tasks; t++) {
         int64_t b = t / (heads * bands), h = t / bands % heads, i0 = t % bands * rows;
         int64_t m = lq - i0 < rows ? lq - i0 : rows;

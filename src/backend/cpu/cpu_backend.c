@@ -51,19 +51,33 @@ static void *aligned_alloc64(size_t bytes) {
     return aligned_alloc(64, n ? n : 64);
 }
 
-/* (Re)converts one weight slot to float32 when its tensor changed since the last copy. */
-static int refresh_weight(kiln_compiled *c, int slot) {
-    const kiln_slot *s = &c->plan->slots[slot];
-    const kiln_weight *w = s->weight;
-    if (c->weights[slot] && c->weight_version[slot] == w->version) return 0;
-    if (!c->weights[slot]) {
-        c->weights[slot] = aligned_alloc64((size_t)kiln_weight_numel(w) * sizeof(float));
-        if (!c->weights[slot])
+/* (Re)converts to float32 every weight whose tensor is new or changed (a LoRA merge bumps
+ * kiln_weight.version) since the last copy. Buffers are allocated first, one by one, so a
+ * failure leaves nothing half done; the conversions then run in parallel. */
+static int refresh_weights(kiln_compiled *c) {
+    const kiln_plan *p = c->plan;
+    int *todo = malloc(((size_t)p->n_slots + 1) * sizeof *todo), n = 0;
+    if (!todo) return kiln_error(KILN_ENOMEM, "out of memory converting weights");
+    for (int i = 0; i < p->n_slots; i++) {
+        const kiln_weight *w = p->slots[i].weight;
+        if (p->slots[i].kind != KILN_SLOT_WEIGHT) continue;
+        if (c->weights[i] && c->weight_version[i] == w->version) continue;
+        if (!w->data) {
+            free(todo);
+            return kiln_error(KILN_EINVAL, "weight %s has no data (a collected name, not a loaded tensor)", w->name);
+        }
+        if (!c->weights[i]) c->weights[i] = aligned_alloc64((size_t)kiln_weight_numel(w) * sizeof(float));
+        if (!c->weights[i]) {
+            free(todo);
             return kiln_error(KILN_ENOMEM, "out of memory converting weight %s (%lld values) to float32", w->name,
                               (long long)kiln_weight_numel(w));
+        }
+        todo[n++] = i;
     }
-    kiln_weight_to_f32(w, c->weights[slot]);
-    c->weight_version[slot] = w->version;
+#pragma omp parallel for num_threads(c->n_threads) if (n > 1) schedule(dynamic)
+    for (int j = 0; j < n; j++) kiln_weight_to_f32(p->slots[todo[j]].weight, c->weights[todo[j]]);
+    for (int j = 0; j < n; j++) c->weight_version[todo[j]] = p->slots[todo[j]].weight->version;
+    free(todo);
     return 0;
 }
 
@@ -88,13 +102,10 @@ static int cpu_compile(kiln_backend *be, const kiln_plan *plan, kiln_compiled **
     }
     kiln_plan_io_order(plan, c->in_slots, &c->n_in, c->out_slots, &c->n_out);
 
-    for (int i = 0; i < ns; i++) {
-        if (plan->slots[i].kind != KILN_SLOT_WEIGHT) continue;
-        int rc = refresh_weight(c, i);
-        if (rc < 0) {
-            cpu_free_compiled(c);
-            return rc;
-        }
+    int rc = refresh_weights(c);
+    if (rc < 0) {
+        cpu_free_compiled(c);
+        return rc;
     }
 
     size_t scratch = 0;
@@ -139,14 +150,10 @@ static void run_op(const kiln_cpu_exec *e, const kiln_op *op) {
 
 static int cpu_run(kiln_compiled *c, const void *const *inputs, void *const *outputs) {
     const kiln_plan *p = c->plan;
+    KILN_TRY(refresh_weights(c)); /* a LoRA merge may have changed some */
     for (int i = 0; i < p->n_slots; i++) {
         const kiln_slot *s = &p->slots[i];
-        if (s->kind == KILN_SLOT_WEIGHT) {
-            KILN_TRY(refresh_weight(c, i)); /* a LoRA merge may have changed it */
-            c->ptr[i] = c->weights[i];
-        } else {
-            c->ptr[i] = (float *)(c->arena + s->arena_offset);
-        }
+        c->ptr[i] = s->kind == KILN_SLOT_WEIGHT ? c->weights[i] : (float *)(c->arena + s->arena_offset);
     }
     for (int i = 0; i < c->n_in; i++) {
         if (!inputs || !inputs[i])

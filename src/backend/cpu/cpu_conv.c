@@ -38,7 +38,8 @@ size_t kiln_cpu_conv2d_scratch(const kiln_plan *p, const kiln_op *op) {
 static void im2col(const float *x, int64_t c, int64_t h, int64_t w, int64_t kh, int64_t kw, int stride, int pad,
                    int64_t oh0, int64_t rows, int64_t wo, float *col, int n_threads) {
     int64_t k = c * kh * kw, n = rows * wo;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+    int team = kiln_cpu_team(n_threads, k * n);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t r = 0; r < k; r++) {
         int64_t ci = r / (kh * kw), ki = (r / kw) % kh, kj = r % kw;
         const float *xc = x + ci * h * w;
@@ -86,7 +87,8 @@ void kiln_cpu_conv2d(const kiln_cpu_exec *e, const kiln_op *op) {
         }
     }
     if (!bias) return;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, n * o * hw_out);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t i = 0; i < n * o; i++) {
         float bv = bias[i % o], *yr = y + i * hw_out;
         for (int64_t j = 0; j < hw_out; j++) yr[j] += bv;

@@ -8,9 +8,22 @@ void kiln_cpu_activation(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *x = e->ptr[op->in[0]];
     float *y = e->ptr[op->out];
     int64_t n = kiln_slot_numel(&e->plan->slots[op->out]);
-    kiln_activation act = op->act;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
-    for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], act);
+    int team = kiln_cpu_team(e->n_threads, 4 * n);
+    /* one loop per activation, so that each is a straight loop the compiler vectorises */
+    switch (op->act) {
+    case KILN_ACT_SILU:
+#pragma omp parallel for simd num_threads(team) if (team > 1) schedule(static)
+        for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], KILN_ACT_SILU);
+        break;
+    case KILN_ACT_QUICK_GELU:
+#pragma omp parallel for simd num_threads(team) if (team > 1) schedule(static)
+        for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], KILN_ACT_QUICK_GELU);
+        break;
+    default:
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
+        for (int64_t i = 0; i < n; i++) y[i] = kiln_cpu_act(x[i], op->act);
+        break;
+    }
 }
 
 void kiln_cpu_geglu(const kiln_cpu_exec *e, const kiln_op *op) {
@@ -18,7 +31,8 @@ void kiln_cpu_geglu(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *x = e->ptr[op->in[0]];
     float *y = e->ptr[op->out];
     int64_t half = ys->shape[ys->ndim - 1], rows = kiln_slot_numel(ys) / half;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, 8 * rows * half);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *a = x + r * 2 * half, *g = a + half;
         float *yr = y + r * half;
@@ -31,13 +45,14 @@ void kiln_cpu_add(const kiln_cpu_exec *e, const kiln_op *op) {
     float *y = e->ptr[op->out];
     int64_t n = kiln_slot_numel(&e->plan->slots[op->out]);
     int64_t nb = kiln_slot_numel(&e->plan->slots[op->in[1]]);
+    int team = kiln_cpu_team(e->n_threads, n);
     if (nb == n) {
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
         for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
         return;
     }
     /* b is a's trailing dims: it repeats every nb values */
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t r = 0; r < n / nb; r++)
         for (int64_t j = 0; j < nb; j++) y[r * nb + j] = a[r * nb + j] + b[j];
 }
@@ -47,7 +62,8 @@ void kiln_cpu_add_channel(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *x = e->ptr[op->in[0]], *emb = e->ptr[op->in[1]];
     float *y = e->ptr[op->out];
     int64_t nc = xs->shape[0] * xs->shape[1], hw = kiln_slot_numel(xs) / nc;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, nc * hw);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t i = 0; i < nc; i++) {
         float v = emb[i];
         for (int64_t j = 0; j < hw; j++) y[i * hw + j] = x[i * hw + j] + v;
@@ -58,7 +74,8 @@ void kiln_cpu_scale(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *x = e->ptr[op->in[0]];
     float *y = e->ptr[op->out], s = op->scale;
     int64_t n = kiln_slot_numel(&e->plan->slots[op->out]);
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, n);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
 }
 

@@ -4,12 +4,15 @@
 
 #include "backend/cpu/cpu_ops.h"
 
-/* Below this many multiply-adds a product is not worth splitting across threads. */
-#define GEMM_SPLIT_MACS (1 << 20)
+/* Multiply-adds a thread should have to itself: each tile repacks its slices of A and B,
+ * which only pays off on tiles of this much work. */
+#define GEMM_MACS_PER_THREAD (1 << 19)
 
 void kiln_cpu_sgemm(int n_threads, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int m, int n, int k, float alpha,
                     const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
-    if (n_threads <= 1 || (double)m * n * k < GEMM_SPLIT_MACS) {
+    double macs = (double)m * n * k;
+    if (macs / GEMM_MACS_PER_THREAD < n_threads) n_threads = (int)(macs / GEMM_MACS_PER_THREAD);
+    if (n_threads <= 1) {
         cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
@@ -58,7 +61,8 @@ void kiln_cpu_linear(const kiln_cpu_exec *e, const kiln_op *op) {
     kiln_cpu_sgemm(e->n_threads, CblasNoTrans, CblasTrans, (int)m, (int)nout, (int)k, 1.0f, x, (int)k, w, (int)k,
                    0.0f, y, (int)nout);
     if (!bias) return;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, m * nout);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t i = 0; i < m; i++) {
         float *yr = y + i * nout;
         for (int64_t j = 0; j < nout; j++) yr[j] += bias[j];

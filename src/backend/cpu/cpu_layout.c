@@ -9,7 +9,8 @@ void kiln_cpu_upsample_nearest(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *x = e->ptr[op->in[0]];
     float *y = e->ptr[op->out];
     int64_t nc = xs->shape[0] * xs->shape[1], h = xs->shape[2], w = xs->shape[3], oh = op->h, ow = op->w;
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, nc * oh * ow);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t r = 0; r < nc * oh; r++) {
         int64_t plane = r / oh, dy = r % oh, sy = dy * h / oh; /* floor(dst * in / out) */
         const float *xr = x + (plane * h + sy) * w;
@@ -23,7 +24,8 @@ void kiln_cpu_concat_channels(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *a = e->ptr[op->in[0]], *b = e->ptr[op->in[1]];
     float *y = e->ptr[op->out];
     int64_t n = as->shape[0], ca = as->shape[1], cb = bs->shape[1], hw = as->shape[2] * as->shape[3];
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+    int team = kiln_cpu_team(e->n_threads, n * (ca + cb) * hw / 4); /* memcpy is cheap per value */
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t i = 0; i < n * (ca + cb); i++) {
         int64_t img = i / (ca + cb), ch = i % (ca + cb);
         const float *src = ch < ca ? a + (img * ca + ch) * hw : b + (img * cb + ch - ca) * hw;
@@ -47,7 +49,8 @@ void kiln_cpu_slice_channels(const kiln_cpu_exec *e, const kiln_op *op) {
 static void transpose_batched(const float *src, float *dst, int64_t n, int64_t rows, int64_t cols, int n_threads) {
     enum { T = 32 };
     int64_t tr = (rows + T - 1) / T, tc = (cols + T - 1) / T;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+    int team = kiln_cpu_team(n_threads, n * rows * cols);
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t t = 0; t < n * tr * tc; t++) {
         float tile[T][T + 1];
         int64_t m = t / (tr * tc), r0 = (t / tc) % tr * T, c0 = t % tc * T;

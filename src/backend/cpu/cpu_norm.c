@@ -15,8 +15,9 @@ void kiln_cpu_group_norm(const kiln_cpu_exec *e, const kiln_op *op) {
     int64_t n = xs->shape[0], c = xs->shape[1], groups = op->groups;
     int64_t hw = kiln_slot_numel(xs) / (n * c), cg = c / groups, count = cg * hw;
     int silu = op->act == KILN_ACT_SILU;
+    int team = kiln_cpu_team(e->n_threads, 4 * n * c * hw);
 
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t ng = 0; ng < n * groups; ng++) {
         /* a group's channels are contiguous: one block of cg*hw values */
         const float *xg = x + ng * count;
@@ -58,8 +59,9 @@ void kiln_cpu_layer_norm(const kiln_cpu_exec *e, const kiln_op *op) {
     const float *x = e->ptr[op->in[0]], *gamma = e->ptr[op->in[1]], *beta = e->ptr[op->in[2]];
     float *y = e->ptr[op->out];
     int64_t c = xs->shape[xs->ndim - 1], rows = kiln_slot_numel(xs) / c;
+    int team = kiln_cpu_team(e->n_threads, 4 * rows * c);
 
-#pragma omp parallel for num_threads(e->n_threads) schedule(static)
+#pragma omp parallel for num_threads(team) if (team > 1) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * c;
         float *yr = y + r * c;

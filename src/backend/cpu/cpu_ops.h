@@ -21,6 +21,13 @@
 
 #include "plan/plan.h"
 
+/* Floating-point traps are never enabled in kiln, and assuming they may be stops GCC from
+ * turning the clamps in kiln_cpu_expf into vector selects: every loop calling it would stay
+ * scalar. (Clang if-converts them without this.) */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+
 typedef struct kiln_cpu_exec {
     const kiln_plan *plan;
     float **ptr;          /* per slot id: its data during this run */
@@ -28,6 +35,19 @@ typedef struct kiln_cpu_exec {
     float *scratch;       /* per-op scratch (im2col columns, attention scores) */
     size_t scratch_floats;
 } kiln_cpu_exec;
+
+/* Values a thread should have to itself before another thread is worth waking: below
+ * this, the fork and the barrier of a parallel region cost more than they save (and on a
+ * busy machine a region waits for its slowest, possibly descheduled, thread). */
+#define KILN_CPU_WORK_PER_THREAD 16384
+
+/* Team size for a loop over `work` simple element operations: 1 (run serially) for small
+ * loops, growing to n_threads. Loops use `num_threads(t) if (t > 1)`. */
+static inline int kiln_cpu_team(int n_threads, int64_t work) {
+    int64_t t = work / KILN_CPU_WORK_PER_THREAD;
+    if (t < 1) t = 1;
+    return t < n_threads ? (int)t : n_threads;
+}
 
 /* C = alpha op(A) op(B) + beta C (row-major, as cblas_sgemm), split into a grid of tiles
  * computed by the OpenMP team; small products run on the calling thread. */

@@ -46,6 +46,7 @@ typedef struct kc_backend {
 typedef struct kc_slotinfo {
     int buf;                // buffer id (after aliasing), -1 for weights
     void *ptr;              // device data: fp16 (I32 inputs: int32)
+    size_t view_off;        // bytes into its buffer (column range of a horizontally fused GEMM)
     float *f32;             // inputs and outputs: device fp32 staging in the logical layout
     long long ld;           // row stride in elements; 0 = dense
 } kc_slotinfo;
@@ -57,6 +58,10 @@ typedef struct kc_step {
     kc_gemm gemm;
     kc_conv conv;
     int has_gemm, has_conv;
+    // Horizontal fusion: LINEAR ops sharing their input run as one GEMM over concatenated weights
+    // (owned here), writing every member's output as a column range of one buffer.
+    kc_half *wcat, *bcat;
+    int n_total;
 } kc_step;
 
 struct kiln_compiled {
@@ -71,11 +76,14 @@ struct kiln_compiled {
     void *scratch;
     cudaGraph_t graph;
     cudaGraphExec_t exec;
+    unsigned *counters;     // KC_MAX_COUNTERS zeroed ints for kernels that count finished blocks
     struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
     int n_wrefs, cap_wrefs;
 };
 
 static size_t kc_align(size_t n) { return (n + 255) & ~(size_t)255; }
+
+#define KC_MAX_COUNTERS 1024
 
 static int kc_nhwc(const kiln_slot *s) { return s->ndim == 4; }
 
@@ -184,6 +192,17 @@ static int kc_weight_get(kiln_compiled *c, const kiln_weight *w, int f32, void *
     }
     *out = be->cache[at].dev;
     return 0;
+}
+
+// Gives up plan c's count on a weight's device copy (its data now lives elsewhere, e.g. in a
+// concatenated weight), so the copy is freed when no other plan uses it.
+static void kc_weight_drop(kiln_compiled *c, const kiln_weight *w, int f32) {
+    for (int i = 0; i < c->n_wrefs; i++)
+        if (c->wrefs[i].w == w && c->wrefs[i].f32 == f32) {
+            c->wrefs[i] = c->wrefs[--c->n_wrefs];
+            kc_cache_release(c->be, w, f32);
+            return;
+        }
 }
 
 // Device pointer of a slot read as fp16 data (weights from the cache).
@@ -314,8 +333,12 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         const kiln_slot *sw = &p->slots[op->in[1]];
         int N = (int)sw->shape[0], K = (int)sw->shape[1];
         int M = (int)(kiln_slot_numel(sx) / K);
-        KILN_TRY(kc_half_ptr(c, op->in[1], &w));
-        if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        if (st->wcat) {  // horizontally fused: the concatenated weights; this op's columns come first
+            w = st->wcat, b = st->bcat, N = st->n_total;
+        } else {
+            KILN_TRY(kc_half_ptr(c, op->in[1], &w));
+            if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        }
         long long ldx = c->si[op->in[0]].ld ? c->si[op->in[0]].ld : K;
         long long ldy = c->si[st->out].ld ? c->si[st->out].ld : N;
         if (tune) {
@@ -333,7 +356,7 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long P = kiln_slot_numel(sx) / ((long long)N * C);
         long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
         return kc_group_norm(s, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp, op->eps,
-                             op->act == KILN_ACT_SILU, c->scratch);
+                             op->act == KILN_ACT_SILU, c->scratch, N <= KC_MAX_COUNTERS ? c->counters : NULL);
     }
     case KILN_OP_LAYER_NORM: {
         if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
@@ -399,7 +422,8 @@ static int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         KILN_TRY(kc_half_ptr(c, op->in[1], &e));
         int N = 0, C = 0, H = 0, W = 0;
         KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
-        return kc_add_channel(s, x, e, y, N, C, (long long)H * W);
+        long long lde = c->si[op->in[1]].ld ? c->si[op->in[1]].ld : C;
+        return kc_add_channel(s, x, e, y, N, C, (long long)H * W, lde);
     }
     case KILN_OP_TIMESTEP_EMBED: {
         int id = op->in[0];
@@ -457,8 +481,11 @@ static void kc_free_compiled(kiln_compiled *c) {
     for (int i = 0; i < c->n_steps; i++) {
         if (c->steps[i].has_gemm) kc_gemm_destroy(&c->steps[i].gemm);
         if (c->steps[i].has_conv) kc_conv_destroy(&c->steps[i].conv);
+        cudaFree(c->steps[i].wcat);
+        cudaFree(c->steps[i].bcat);
     }
     cudaFree(c->arena);
+    cudaFree(c->counters);
     for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
     free(c->wrefs);
     free(c->si);
@@ -489,6 +516,101 @@ static size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op) {
     }
     default: return 0;
     }
+}
+
+// Whether every reader of `slot` can take it as a column range (row stride != width).
+static int kc_strided_readers_ok(const kiln_plan *p, int slot) {
+    for (int j = 0; j < p->n_ops; j++) {
+        const kiln_op *op = &p->ops[j];
+        for (int k = 0; k < op->n_in; k++) {
+            if (op->in[k] != slot) continue;
+            if (op->kind == KILN_OP_ATTENTION && k <= 2) continue;
+            if (op->kind == KILN_OP_ADD_CHANNEL && k == 1) continue;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+// Groups LINEAR ops that read the same input (no residual, outputs read only by attention or
+// add_channel): q/k/v of self-attention, k/v of every cross-attention on the shared context, the
+// time-embedding projections of every ResBlock. The first member becomes the fused step.
+static void kc_fuse_horizontal(kiln_compiled *c, const int *readers, int *root) {
+    const kiln_plan *p = c->plan;
+    int no = p->n_ops;
+    int *taken = (int *)calloc((size_t)no + 1, sizeof(int));
+    if (!taken) return;
+    for (int i = 0; i < no; i++) {
+        const kiln_op *a = &p->ops[i];
+        kc_step *sa = &c->steps[i];
+        if (taken[i] || a->kind != KILN_OP_LINEAR || sa->op != i || sa->residual >= 0) continue;
+        if (p->slots[a->out].is_output || p->slots[a->out].ndim == 4 || !kc_strided_readers_ok(p, a->out)) continue;
+        if (p->slots[a->in[1]].kind != KILN_SLOT_WEIGHT) continue;
+        int has_bias = a->in[2] >= 0, n_total = (int)p->slots[a->in[1]].shape[0], members = 1;
+        int64_t rows = kiln_slot_numel(&p->slots[a->out]) / n_total;
+        for (int j = i + 1; j < no; j++) {
+            const kiln_op *b = &p->ops[j];
+            if (taken[j] || b->kind != KILN_OP_LINEAR || b->in[0] != a->in[0] || c->steps[j].op != j ||
+                c->steps[j].residual >= 0 || (b->in[2] >= 0) != has_bias)
+                continue;
+            if (p->slots[b->out].is_output || p->slots[b->in[1]].kind != KILN_SLOT_WEIGHT ||
+                !kc_strided_readers_ok(p, b->out))
+                continue;
+            taken[j] = i + 1;  // member of the group led by op i
+            members++;
+            n_total += (int)p->slots[b->in[1]].shape[0];
+        }
+        if (members < 2) continue;
+        taken[i] = i + 1;
+        sa->n_total = n_total;
+        size_t col = 0;
+        for (int j = i; j < no; j++) {
+            if (taken[j] != i + 1) continue;
+            int out = p->ops[j].out;
+            root[out] = root[a->out];
+            c->si[out].view_off = col * sizeof(kc_half);
+            c->si[out].ld = n_total;
+            col += (size_t)p->slots[p->ops[j].in[1]].shape[0];
+            if (j != i) c->steps[j].op = -1;
+        }
+        (void)rows;
+        (void)readers;
+    }
+    free(taken);
+}
+
+// Builds the concatenated weights (and biases) of horizontally fused GEMMs from the cached copies.
+static int kc_concat_weights(kiln_compiled *c) {
+    const kiln_plan *p = c->plan;
+    for (int i = 0; i < p->n_ops; i++) {
+        kc_step *st = &c->steps[i];
+        if (st->op < 0 || !st->n_total) continue;
+        const kiln_op *a = &p->ops[i];
+        int K = (int)p->slots[a->in[1]].shape[1], has_bias = a->in[2] >= 0;
+        KC_CUDA(cudaMalloc((void **)&st->wcat, (size_t)st->n_total * K * sizeof(kc_half)));
+        if (has_bias) KC_CUDA(cudaMalloc((void **)&st->bcat, (size_t)st->n_total * sizeof(kc_half)));
+        size_t row = 0;
+        for (int j = i; j < p->n_ops; j++) {
+            const kiln_op *b = &p->ops[j];
+            if (b->kind != KILN_OP_LINEAR || b->in[0] != a->in[0] || c->si[b->out].ld != st->n_total ||
+                c->si[b->out].buf != c->si[a->out].buf)
+                continue;
+            const kc_half *w = NULL, *bias = NULL;
+            KILN_TRY(kc_half_ptr(c, b->in[1], &w));
+            size_t n = (size_t)p->slots[b->in[1]].shape[0];
+            KC_CUDA(cudaMemcpy(st->wcat + row * K, w, n * K * sizeof(kc_half), cudaMemcpyDeviceToDevice));
+            if (has_bias) {
+                KILN_TRY(kc_half_ptr(c, b->in[2], &bias));
+                KC_CUDA(cudaMemcpy(st->bcat + row, bias, n * sizeof(kc_half), cudaMemcpyDeviceToDevice));
+            }
+            row += n;
+            kc_weight_drop(c, p->slots[b->in[1]].weight, 0);
+            if (has_bias) kc_weight_drop(c, p->slots[b->in[2]].weight, 0);
+        }
+        if (row != (size_t)st->n_total)
+            return kiln_error(KILN_EBACKEND, "fused GEMM at op %d: %zu of %d rows found", i, row, st->n_total);
+    }
+    return 0;
 }
 
 static int kc_compile_impl(kiln_compiled *c) {
@@ -542,6 +664,7 @@ static int kc_compile_impl(kiln_compiled *c) {
             }
         }
     }
+    if (!getenv("KILN_CUDA_NO_FUSE")) kc_fuse_horizontal(c, readers, root);
     // Buffers: one per root slot that holds data (inputs, activations), lifetimes in step order.
     for (int i = 0; i < ns; i++) bufs[i].first = INT_MAX, bufs[i].last = -1;
     for (int i = 0; i < ns; i++) {
@@ -575,6 +698,12 @@ static int kc_compile_impl(kiln_compiled *c) {
     }
     for (int i = 0; i < ns; i++)
         if (root[i] != i || p->slots[i].kind == KILN_SLOT_WEIGHT) bufs[i].size = 0;
+    for (int i = 0; i < no; i++)  // a fused GEMM's buffer holds all its members' columns
+        if (c->steps[i].op >= 0 && c->steps[i].n_total) {
+            const kiln_slot *so = &p->slots[p->ops[i].out];
+            int64_t rows = kiln_slot_numel(so) / so->shape[so->ndim - 1];
+            bufs[root[p->ops[i].out]].size = (size_t)rows * c->steps[i].n_total * sizeof(kc_half);
+        }
     c->arena_bytes = kc_plan_memory(bufs, ns);
     // Scratch after the activations.
     for (int i = 0; i < no; i++) {
@@ -592,6 +721,12 @@ static int kc_compile_impl(kiln_compiled *c) {
         goto done;
     }
     c->scratch = c->arena + c->arena_bytes;
+    if (cudaMalloc((void **)&c->counters, KC_MAX_COUNTERS * sizeof(unsigned)) != cudaSuccess ||
+        cudaMemsetAsync(c->counters, 0, KC_MAX_COUNTERS * sizeof(unsigned), L->stream) != cudaSuccess) {
+        cudaGetLastError();
+        rc = kiln_error(KILN_ENOMEM, "out of GPU memory for %d counters", KC_MAX_COUNTERS);
+        goto done;
+    }
     {
         char *io = c->arena + c->arena_bytes + c->scratch_bytes;
         for (int i = 0; i < c->n_in; i++) {
@@ -609,7 +744,7 @@ static int kc_compile_impl(kiln_compiled *c) {
         const kiln_slot *s = &p->slots[i];
         if (s->kind == KILN_SLOT_WEIGHT) continue;
         c->si[i].buf = root[i];
-        c->si[i].ptr = c->arena + bufs[root[i]].offset;
+        c->si[i].ptr = c->arena + bufs[root[i]].offset + c->si[i].view_off;
         if (s->kind == KILN_SLOT_INPUT && s->dtype == KILN_SLOT_I32) c->si[i].ptr = c->si[i].f32;
     }
     // Random finite data everywhere, so tuning never times zeros or NaNs.
@@ -629,6 +764,8 @@ static int kc_compile_impl(kiln_compiled *c) {
             if (rc) goto done;
         }
     }
+    rc = kc_concat_weights(c);
+    if (rc) goto done;
     // Tuning run (uploads weights on first use), then the graph.
     rc = kc_execute(c, 1);
     if (rc) goto done;
@@ -766,15 +903,28 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
         if (st->op < 0) continue;
         const kiln_op *op = &c->plan->ops[st->op];
         if (st->has_conv)
-            fprintf(f, "op %4d conv   %-6s %8.3f ms  %s%s\n", st->op,
+            fprintf(f, "op %4d conv   %-6s %8.3f ms  (im2col %.3f, cudnn %.3f) %dx%dx%dx%d->%d k%d s%d  %s%s\n",
+                    st->op,
                     st->conv.method == KC_CONV_CUDNN ? "cudnn" : st->conv.method == KC_CONV_GEMM ? "gemm" : "im2col",
-                    st->conv.best_ms, op->label, st->residual >= 0 ? " +residual" : "");
-        else if (st->has_gemm)
-            fprintf(f, "op %4d linear %-6s %8.3f ms  %s%s\n", st->op, "lt", st->gemm.best_ms, op->label,
+                    st->conv.best_ms, st->conv.im2col_ms < 1e30f ? st->conv.im2col_ms : -1.0f,
+                    st->conv.cudnn_ms < 1e30f ? st->conv.cudnn_ms : -1.0f, st->conv.N, st->conv.C, st->conv.H,
+                    st->conv.W, st->conv.O, st->conv.kh, st->conv.stride, op->label,
                     st->residual >= 0 ? " +residual" : "");
+        else if (st->has_gemm)
+            fprintf(f, "op %4d linear %-6s %8.3f ms  M %d N %d K %d  %s%s%s\n", st->op, "lt", st->gemm.best_ms,
+                    st->gemm.M, st->gemm.N, st->gemm.K, op->label, st->residual >= 0 ? " +residual" : "",
+                    st->n_total ? " (horizontally fused)" : "");
     }
-    fprintf(f, "arena %.1f MiB + scratch %.1f MiB, graph %s\n", c->arena_bytes / 1048576.0,
-            c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");
+    double wbytes = 0;
+    for (int i = 0; i < c->n_wrefs; i++)
+        wbytes += (double)kiln_weight_numel(c->wrefs[i].w) * (c->wrefs[i].f32 ? 4 : 2);
+    for (int i = 0; i < c->n_steps; i++)
+        if (c->steps[i].wcat) {
+            const kiln_op *op = &c->plan->ops[i];
+            wbytes += (double)c->steps[i].n_total * (c->plan->slots[op->in[1]].shape[1] + (c->steps[i].bcat ? 1 : 0)) * 2;
+        }
+    fprintf(f, "weights %.1f MiB, arena %.1f MiB + scratch %.1f MiB, graph %s\n", wbytes / 1048576.0,
+            c->arena_bytes / 1048576.0, c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");
 }
 
 int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms) {
@@ -816,4 +966,48 @@ size_t kiln_cuda_mem_used(void) {
     size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
     return total_b - free_b;
+}
+
+int kiln_cuda_profile(kiln_compiled *c, FILE *f) {
+    cudaStream_t s = c->be->libs.stream;
+    int n = c->n_steps;
+    cudaEvent_t *ev = (cudaEvent_t *)calloc((size_t)n + 1, sizeof *ev);
+    double per_kind[KILN_OP_COUNT] = {0}, conv_method[4] = {0};
+    int count[KILN_OP_COUNT] = {0};
+    if (!ev) return kiln_error(KILN_ENOMEM, "out of memory");
+    int rc = 0;
+    for (int i = 0; i <= n && rc == 0; i++)
+        if (cudaEventCreate(&ev[i]) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "cudaEventCreate");
+    for (int rep = 0; rep < 2 && rc == 0; rep++) {  // the first pass warms up
+        cudaEventRecord(ev[0], s);
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (c->steps[i].op >= 0) rc = kc_run_step(c, &c->steps[i], 0);
+            cudaEventRecord(ev[i + 1], s);
+        }
+        if (cudaStreamSynchronize(s) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "profile run failed");
+    }
+    double total = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (c->steps[i].op < 0) continue;
+        float ms = 0;
+        cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
+        kiln_op_kind k = c->plan->ops[c->steps[i].op].kind;
+        per_kind[k] += ms;
+        count[k]++;
+        if (k == KILN_OP_CONV2D) conv_method[c->steps[i].conv.method] += ms;
+        total += ms;
+    }
+    if (rc == 0) {
+        fprintf(f, "%-18s %6s %10s %7s   (op by op, events between launches; no graph)\n", "op", "count", "ms", "share");
+        for (int k = 0; k < KILN_OP_COUNT; k++)
+            if (count[k])
+                fprintf(f, "%-18s %6d %10.3f %6.1f%%\n", kiln_op_name((kiln_op_kind)k), count[k], per_kind[k],
+                        100.0 * per_kind[k] / total);
+        fprintf(f, "%-18s %6s %10.3f   (conv: gemm %.3f, im2col %.3f, cudnn %.3f)\n", "total", "", total,
+                conv_method[KC_CONV_GEMM], conv_method[KC_CONV_IM2COL], conv_method[KC_CONV_CUDNN]);
+    }
+    for (int i = 0; i <= n; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    free(ev);
+    return rc;
 }

@@ -17,6 +17,8 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f);
 /* Replays the compiled run (without host copies) `iters` times after `warmup` replays, timing each
  * with CUDA events; writes the median and minimum in milliseconds. */
 int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms);
+/* Runs the plan op by op with CUDA events between the steps and prints the time per op kind. */
+int kiln_cuda_profile(kiln_compiled *c, FILE *f);
 /* Device memory in use on the current device (total - free), bytes; for peak-memory reports. */
 size_t kiln_cuda_mem_used(void);
 

@@ -1,0 +1,254 @@
+/* txt2img.c — A1111's txt2img: seeds, initial noise, sigmas, the sampler over the CFG denoiser, VAE decode,
+ * infotext. Follows webui v1.9.4 processing.py / sd_samplers_kdiffusion.py / sd_samplers_timesteps.py. */
+#include "pipeline/txt2img.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/error.h"
+#include "core/sha256.h"
+#include "io/image.h"
+#include "io/infotext.h"
+#include "pipeline/denoiser.h"
+#include "sample/brownian.h"
+#include "sample/schedulers.h"
+#include "sample/seeds.h"
+
+void kiln_gen_params_init(kiln_gen_params *p) {
+    memset(p, 0, sizeof *p);
+    p->prompt = "";
+    p->negative_prompt = "";
+    p->seed = -1;
+    p->subseed = -1;
+    p->sampler = "DPM++ 2M";
+    p->scheduler = "Automatic";
+    p->steps = 20;
+    p->cfg_scale = 7.0;
+    p->width = p->height = 512;
+    p->batch_size = p->batch_count = 1;
+    p->clip_skip = 1;
+    p->rng = "GPU";
+    p->eta = -1;
+}
+
+double kiln_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void kiln_sample_trace_free(kiln_sample_trace *t) {
+    if (!t) return;
+    free(t->noise);
+    free(t->sigmas);
+    t->noise = NULL;
+    t->sigmas = NULL;
+}
+
+int kiln_gen_params_check(const kiln_ctx *ctx, const kiln_gen_params *p) {
+    if (!p->prompt) return kiln_error(KILN_EINVAL, "prompt: missing");
+    if (p->width < 8 || p->width > 16384 || p->width % 8)
+        return kiln_error(KILN_EINVAL, "width: %d is not a multiple of 8 between 8 and 16384", p->width);
+    if (p->height < 8 || p->height > 16384 || p->height % 8)
+        return kiln_error(KILN_EINVAL, "height: %d is not a multiple of 8 between 8 and 16384", p->height);
+    if (p->steps < 1 || p->steps > 10000) return kiln_error(KILN_EINVAL, "steps: %d is not between 1 and 10000", p->steps);
+    if (!isfinite(p->cfg_scale)) return kiln_error(KILN_EINVAL, "cfg_scale: not a finite number");
+    if (p->batch_size < 1 || p->batch_size > 64)
+        return kiln_error(KILN_EINVAL, "batch_size: %d is not between 1 and 64", p->batch_size);
+    if (p->batch_count < 1 || p->batch_count > 100000)
+        return kiln_error(KILN_EINVAL, "batch_count: %d is not between 1 and 100000", p->batch_count);
+    int layers = ctx->model->config.clip[0].layers;
+    if (p->clip_skip < 1 || p->clip_skip > layers)
+        return kiln_error(KILN_EINVAL, "clip_skip: %d is not between 1 and %d (the text encoder's layers)", p->clip_skip,
+                          layers);
+    if (p->seed < -1) return kiln_error(KILN_EINVAL, "seed: %lld (use -1 for a random seed)", (long long)p->seed);
+    if (!(p->subseed_strength >= 0 && p->subseed_strength <= 1))
+        return kiln_error(KILN_EINVAL, "subseed_strength: %g is not between 0 and 1", p->subseed_strength);
+    if (p->ensd < 0) return kiln_error(KILN_EINVAL, "ensd: %lld is negative", (long long)p->ensd);
+    const kiln_sampler_info *s;
+    char sched[32];
+    KILN_TRY(kiln_sampler_lookup(p->sampler ? p->sampler : "DPM++ 2M", &s, sched, sizeof sched));
+    kiln_scheduler id;
+    if (p->scheduler && *p->scheduler && kiln_scheduler_find(p->scheduler, &id)) {
+        int n = 0;
+        const kiln_scheduler_info *list = kiln_scheduler_list(&n);
+        char names[512] = "";
+        for (int i = 0; i < n; i++) {
+            strncat(names, list[i].label, sizeof names - strlen(names) - 1);
+            if (i + 1 < n) strncat(names, ", ", sizeof names - strlen(names) - 1);
+        }
+        return kiln_error(KILN_EINVAL, "scheduler: unknown '%s' (valid: %s)", p->scheduler, names);
+    }
+    kiln_rng_source src;
+    if (kiln_rng_source_parse(p->rng ? p->rng : "GPU", &src))
+        return kiln_error(KILN_EINVAL, "rng: unknown '%s' (valid: GPU, NV, CPU)", p->rng);
+    return KILN_OK;
+}
+
+/* The sampler and scheduler as A1111 resolves them: an explicit scheduler wins over a combined name's suffix,
+ * "Automatic" becomes the sampler's default. */
+static int resolve(const kiln_gen_params *p, const kiln_sampler_info **s, kiln_scheduler *sched, int *automatic) {
+    char from_name[32];
+    KILN_TRY(kiln_sampler_lookup(p->sampler ? p->sampler : "DPM++ 2M", s, from_name, sizeof from_name));
+    const char *want = p->scheduler && *p->scheduler ? p->scheduler : "Automatic";
+    KILN_TRY(kiln_scheduler_find(want, sched));
+    if (*sched == KILN_SCHED_AUTOMATIC && from_name[0]) KILN_TRY(kiln_scheduler_find(from_name, sched));
+    *automatic = *sched == KILN_SCHED_AUTOMATIC;
+    if (*automatic && (*s)->default_scheduler) KILN_TRY(kiln_scheduler_find((*s)->default_scheduler, sched));
+    return KILN_OK;
+}
+
+typedef struct noise_source {
+    kiln_image_rng *rng;
+    kiln_brownian *brownian;
+} noise_source;
+
+static int on_randn(void *user, float *out) {
+    kiln_image_rng_next(((noise_source *)user)->rng, out);
+    return KILN_OK;
+}
+static int on_brownian(void *user, double sigma, double sigma_next, float *out) {
+    return kiln_brownian_noise(((noise_source *)user)->brownian, (float)sigma, (float)sigma_next, out);
+}
+
+/* The sampler io carries one user pointer; these adapters route each callback to its owner. */
+typedef struct run_state {
+    kiln_cfg_denoiser *denoiser;
+    noise_source *noise;
+    kiln_progress_fn progress;
+    void *progress_user;
+    int batch_index;
+} run_state;
+static int cb_denoise(void *u, const float *x, double s, float *d) { return kiln_cfg_denoise(((run_state *)u)->denoiser, x, s, d); }
+static int cb_eps(void *u, const float *x, double t, float *e) { return kiln_cfg_eps(((run_state *)u)->denoiser, x, t, e); }
+static int cb_randn(void *u, float *out) { return on_randn(((run_state *)u)->noise, out); }
+static int cb_brownian(void *u, double s, double sn, float *out) { return on_brownian(((run_state *)u)->noise, s, sn, out); }
+static int cb_step(void *u, int step, int total, const float *x, const float *den) {
+    run_state *r = u;
+    return r->progress ? r->progress(r->progress_user, r->batch_index, step + 1, total) : 0;
+}
+
+int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds,
+                        int batch, int batch_index, kiln_progress_fn progress, void *user, float *latents,
+                        kiln_sample_trace *trace) {
+    const kiln_model_config *mc = &ctx->model->config;
+    const kiln_sampler_info *s;
+    kiln_scheduler sched_id;
+    int automatic;
+    KILN_TRY(resolve(p, &s, &sched_id, &automatic));
+    kiln_rng_source src;
+    KILN_TRY(kiln_rng_source_parse(p->rng ? p->rng : "GPU", &src));
+    kiln_schedule schedule;
+    kiln_schedule_init_sd(&schedule, mc->prediction);
+
+    const int C = mc->unet.in_channels, h = p->height / 8, w = p->width / 8;
+    const size_t n = (size_t)batch * C * h * w;
+    kiln_image_rng_opts ro = {.source = src, .batch = batch, .channels = C, .height = h, .width = w, .seeds = seeds,
+                              .subseeds = subseeds, .n_subseeds = batch, .subseed_strength = p->subseed_strength,
+                              .seed_resize_from_w = p->seed_resize_from_w, .seed_resize_from_h = p->seed_resize_from_h,
+                              .eta_noise_seed_delta = p->ensd};
+    noise_source noise = {0};
+    kiln_cfg_denoiser den = {0};
+    float *sigmas_f = NULL;
+    double *sigmas = NULL;
+    int n_sigmas = 0, rc = kiln_image_rng_create(&ro, &noise.rng);
+    if (rc == KILN_OK) kiln_image_rng_next(noise.rng, latents); /* draw 0: the initial noise */
+    if (rc == KILN_OK && trace) {
+        trace->noise = malloc(sizeof(float) * n);
+        if (trace->noise) memcpy(trace->noise, latents, sizeof(float) * n);
+    }
+    double t0 = kiln_now(), t1 = t0;
+    if (rc == KILN_OK) {
+        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, p->steps, 0, p->clip_skip, NULL);
+        t1 = kiln_now();
+        den.batch = batch;
+        den.channels = C;
+        den.lat_h = h;
+        den.lat_w = w;
+        den.cfg_scale = p->cfg_scale;
+        den.s_min_uncond = p->s_min_uncond;
+    }
+    run_state st = {.denoiser = &den, .noise = &noise, .progress = progress, .progress_user = user,
+                    .batch_index = batch_index};
+    kiln_sampler_io io;
+    kiln_sampler_io_defaults(s, &io);
+    io.n = n;
+    io.denoise = cb_denoise;
+    io.eps_at = cb_eps;
+    io.randn = cb_randn;
+    io.brownian = cb_brownian;
+    io.on_step = cb_step;
+    io.user = &st;
+    io.alphas_cumprod = schedule.alphas_cumprod;
+    if (p->eta >= 0) io.eta = p->eta;
+    if (rc == KILN_OK && s->timestep_sampler) {
+        int ts[10002];
+        int nt = kiln_sampler_timesteps(p->steps, s->discard_penultimate_sigma, ts, 10002);
+        rc = nt < 0 ? nt : kiln_sample_timesteps(s, &io, ts, nt, latents); /* x starts as the unscaled noise */
+    } else if (rc == KILN_OK) {
+        kiln_sigma_opts so = {.discard_penultimate = s->discard_penultimate_sigma != 0};
+        rc = kiln_scheduler_sigmas(sched_id, &schedule, p->steps, &so, &sigmas_f, &n_sigmas);
+        if (rc == KILN_OK) {
+            sigmas = malloc(sizeof(double) * (size_t)n_sigmas);
+            if (!sigmas) rc = kiln_error(KILN_ENOMEM, "out of memory");
+        }
+        for (int i = 0; rc == KILN_OK && i < n_sigmas; i++) sigmas[i] = sigmas_f[i];
+        if (rc == KILN_OK && s->brownian_noise) {
+            /* k-diffusion's BrownianTreeNoiseSampler spans the nonzero sigmas of the schedule */
+            float smin = sigmas_f[n_sigmas - 1] > 0 ? sigmas_f[n_sigmas - 1] : sigmas_f[n_sigmas - 2];
+            rc = kiln_brownian_create(src, seeds, batch, n / (size_t)batch, smin, sigmas_f[0], &noise.brownian);
+        }
+        if (rc == KILN_OK) {
+            io.dpm_sigma_min = schedule.sigma_min;
+            io.dpm_sigma_max = schedule.sigma_max;
+            for (size_t i = 0; i < n; i++) latents[i] *= sigmas_f[0]; /* x = noise * sigmas[0] (float32) */
+            rc = kiln_sample(s, &io, sigmas, n_sigmas, latents);
+        }
+    }
+    if (trace) {
+        trace->encode_s = t1 - t0;
+        trace->sample_s = kiln_now() - t1;
+        trace->sampler = s;
+        trace->scheduler_label = kiln_scheduler_get(sched_id)->label;
+        if (automatic) trace->scheduler_label = kiln_scheduler_get(KILN_SCHED_AUTOMATIC)->label;
+        trace->sigmas = sigmas;
+        trace->n_sigmas = n_sigmas;
+        trace->n_calls = io.n_calls;
+        sigmas = NULL;
+    }
+    free(sigmas);
+    free(sigmas_f);
+    kiln_cfg_denoiser_free(&den);
+    kiln_image_rng_free(noise.rng);
+    kiln_brownian_free(noise.brownian);
+    return rc;
+}
+
+int kiln_decode_latents(kiln_ctx *ctx, const float *latents, int batch, int h, int w, float *image, uint8_t *rgb) {
+    const int C = ctx->model->config.vae.z_channels, H = h * 8, W = w * 8;
+    kiln_cached_plan *cp = NULL;
+    KILN_TRY(kiln_ctx_plan(ctx, KILN_NET_VAE_DECODER, 1, h, w, 0, &cp));
+    float *img = malloc(sizeof(float) * 3 * H * W);
+    if (!img) return kiln_error(KILN_ENOMEM, "out of memory decoding a %dx%d image", W, H);
+    int rc = KILN_OK;
+    for (int b = 0; rc == KILN_OK && b < batch; b++) {
+        const char *names[2] = {"latent", "image"};
+        void *bufs[2] = {(void *)(latents + (size_t)b * C * h * w), img};
+        rc = kiln_ctx_run(ctx, cp, 2, names, bufs);
+        if (rc) break;
+        if (image) memcpy(image + (size_t)b * 3 * H * W, img, sizeof(float) * 3 * H * W);
+        if (rgb) {
+            uint8_t *dst = rgb + (size_t)b * H * W * 3;
+            for (int c = 0; c < 3; c++)
+                for (int i = 0; i < H * W; i++) {
+                    float v = (img[(size_t)c * H * W + i] + 1.0f) / 2.0f;
+                    v = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+                    dst[(size_t)i * 3 + c] = (uint8_t)(255.0f * v);
+                }
+        }
+    }
+    free(img);
+    return rc;
+}

@@ -1,0 +1,133 @@
+/* test_txt2img.c — whole A1111 txt2img runs on the CPU backend against the tiny-sd15 fixtures: initial noise,
+ * sigmas, denoiser call count, final latents (samples_atol) and the decoded PNG bytes (|diff| <= 1 on at most
+ * 1% of values), for Euler a, Euler, DPM++ 2M Karras, Heun, DDIM and DPM++ SDE Karras. */
+#include <jansson.h>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "pipeline/txt2img.h"
+#include "test.h"
+
+static kiln_model *model;
+static kiln_ctx *ctx;
+static json_t *manifest;
+
+static float *tensor_f32(kiln_st_file *f, const char *name, size_t *n) {
+    const kiln_st_tensor *t = kiln_st_find(f, name);
+    if (!t) return NULL;
+    *n = (size_t)kiln_st_numel(t);
+    float *v = malloc(*n * sizeof(float));
+    kiln_st_to_f32(t, v);
+    return v;
+}
+
+/* Runs one manifest case (with optional overrides of the prompt) and checks it. */
+static void run_case(json_t *c, const char *prompt_override) {
+    const char *name = json_string_value(json_object_get(c, "name"));
+    char rel[256];
+    snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
+    kiln_st_file *f = NULL;
+    CHECK(kiln_st_open(test_fixture(rel), &f) == 0);
+    if (!f) return;
+    kiln_gen_params p;
+    kiln_gen_params_init(&p);
+    p.prompt = prompt_override ? prompt_override : json_string_value(json_object_get(c, "prompt"));
+    p.negative_prompt = json_string_value(json_object_get(c, "negative"));
+    p.sampler = json_string_value(json_object_get(c, "sampler"));
+    p.steps = (int)json_integer_value(json_object_get(c, "steps"));
+    p.cfg_scale = json_number_value(json_object_get(c, "cfg"));
+    p.seed = json_integer_value(json_object_get(c, "seed"));
+    p.width = p.height = 64;
+    p.rng = "NV";
+    json_t *tol = json_object_get(c, "tolerance");
+    double samples_atol = json_number_value(json_object_get(tol, "samples_atol"));
+    CHECK(kiln_gen_params_check(ctx, &p) == 0);
+
+    float latents[4 * 8 * 8];
+    kiln_sample_trace trace = {0};
+    int64_t seed = p.seed, subseed = 0;
+    int rc = kiln_txt2img_sample(ctx, &p, &seed, &subseed, 1, 0, NULL, NULL, latents, &trace);
+    CHECK_MSG(rc == 0, "%s: %s", name, kiln_last_error());
+    if (rc) {
+        kiln_st_close(f);
+        return;
+    }
+    size_t n;
+    float *noise = tensor_f32(f, "noise", &n), *samples = tensor_f32(f, "samples", &n);
+    CHECK(noise && test_max_abs_diff(trace.noise, noise, 256) == 0.0);
+    int want_calls = (int)json_integer_value(json_object_get(c, "n_denoiser_calls"));
+    CHECK_MSG(trace.n_calls == want_calls, "%s: %d denoiser calls, want %d", name, trace.n_calls, want_calls);
+    json_t *sig = json_object_get(c, "sigmas");
+    if (sig && trace.sigmas) {
+        CHECK((size_t)trace.n_sigmas == json_array_size(sig));
+        for (int i = 0; i < trace.n_sigmas && i < (int)json_array_size(sig); i++)
+            CHECK_NEAR(trace.sigmas[i], json_number_value(json_array_get(sig, (size_t)i)), 1e-6);
+    }
+    double err = test_max_abs_diff(latents, samples, 256);
+    /* the decoded PNG bytes */
+    uint8_t rgb[64 * 64 * 3];
+    CHECK(kiln_decode_latents(ctx, latents, 1, 8, 8, NULL, rgb) == 0);
+    const kiln_st_tensor *u8 = kiln_st_find(f, "image_u8");
+    int max_diff = 0, n_diff = 0;
+    for (int i = 0; u8 && i < 64 * 64 * 3; i++) {
+        int d = abs((int)rgb[i] - (int)((const uint8_t *)u8->data)[i]);
+        if (d > max_diff) max_diff = d;
+        n_diff += d != 0;
+    }
+    printf("  %-22s calls %2d  samples max err %.3g (atol %.3g)  png: max diff %d, %d of %d values differ\n", name,
+           trace.n_calls, err, samples_atol, max_diff, n_diff, 64 * 64 * 3);
+    CHECK_MSG(err <= samples_atol, "%s", name);
+    CHECK_MSG(max_diff <= 1 && n_diff <= 64 * 64 * 3 / 100, "%s", name);
+    free(noise), free(samples);
+    kiln_sample_trace_free(&trace);
+    kiln_st_close(f);
+}
+
+TEST(txt2img_cases) {
+    json_t *cases = json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases");
+    CHECK(json_array_size(cases) == 6);
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) run_case(c, NULL);
+}
+
+TEST(bad_parameters_are_refused) {
+    kiln_gen_params p;
+    kiln_gen_params_init(&p);
+    p.width = 60;
+    CHECK(kiln_gen_params_check(ctx, &p) == KILN_EINVAL && strstr(kiln_last_error(), "width"));
+    kiln_gen_params_init(&p);
+    p.steps = 0;
+    CHECK(kiln_gen_params_check(ctx, &p) == KILN_EINVAL && strstr(kiln_last_error(), "steps"));
+    kiln_gen_params_init(&p);
+    p.sampler = "Euler b";
+    CHECK(kiln_gen_params_check(ctx, &p) < 0 && strstr(kiln_last_error(), "Euler a"));
+    kiln_gen_params_init(&p);
+    p.scheduler = "Quadratic";
+    CHECK(kiln_gen_params_check(ctx, &p) == KILN_EINVAL && strstr(kiln_last_error(), "Karras"));
+    kiln_gen_params_init(&p);
+    p.clip_skip = 7;
+    CHECK(kiln_gen_params_check(ctx, &p) == KILN_EINVAL && strstr(kiln_last_error(), "clip_skip"));
+    kiln_gen_params_init(&p);
+    p.rng = "quantum";
+    CHECK(kiln_gen_params_check(ctx, &p) == KILN_EINVAL && strstr(kiln_last_error(), "rng"));
+}
+
+int main(void) {
+    json_error_t jerr;
+    manifest = json_load_file(test_fixture("tiny-sd15/manifest.json"), 0, &jerr);
+    char vocab[1024];
+    snprintf(vocab, sizeof vocab, "%s/data/bpe_simple_vocab_16e6.txt.gz", KILN_SOURCE_DIR);
+    kiln_ctx_options opts = {.backend = "cpu", .vocab_path = vocab};
+    if (!manifest || kiln_model_load(test_fixture("tiny-sd15/model.safetensors"), NULL, &model) ||
+        kiln_ctx_create(model, &opts, &ctx)) {
+        fprintf(stderr, "setup: %s\n", kiln_last_error());
+        return 1;
+    }
+    RUN(txt2img_cases);
+    RUN(bad_parameters_are_refused);
+    kiln_ctx_free(ctx);
+    kiln_model_free(model);
+    json_decref(manifest);
+    return test_summary();
+}

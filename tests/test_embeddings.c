@@ -390,10 +390,13 @@ TEST(conditioning_with_embedding_matches_fixture) {
         size_t per = 77 * (size_t)c->hidden, n = per * (size_t)n_chunks;
         float *embeds = malloc(sizeof(float) * n), *got = malloc(sizeof(float) * n), *want = malloc(sizeof(float) * n);
         CHECK(kiln_clip_embed_tokens(m->weights, c, ch.tokens, 77 * n_chunks, embeds) == 0);
+        const float *vectors[1];
+        kiln_embeddings_vectors(db, vectors);
         for (int fx = 0; fx < ch.n_fixes; fx++) {
             const kiln_chunk_fix *fix = &ch.fixes[fx];
-            const kiln_embedding *e = &db->items[fix->embedding];
-            memcpy(embeds + per * (size_t)fix->chunk + (size_t)(fix->offset + 1) * (size_t)c->hidden, e->vectors,
+            CHECK(vectors[fix->embedding] == db->items[fix->embedding].vectors);
+            memcpy(embeds + per * (size_t)fix->chunk + (size_t)(fix->offset + 1) * (size_t)c->hidden,
+                   vectors[fix->embedding],
                    sizeof(float) * (size_t)fix->n_vectors * (size_t)c->hidden);
         }
         kiln_plan *p = kiln_plan_new(m->weights);

@@ -338,3 +338,7 @@ void kiln_embeddings_refs(const kiln_embeddings *db, kiln_embedding_ref *refs) {
         refs[i].n_name_ids = db->items[i].n_name_ids;
     }
 }
+
+void kiln_embeddings_vectors(const kiln_embeddings *db, const float **vectors) {
+    for (int i = 0; i < db->n; i++) vectors[i] = db->items[i].vectors;
+}

@@ -71,5 +71,8 @@ const kiln_embedding *kiln_embeddings_find(const kiln_embeddings *db, const char
 /* Fills refs[0 .. db->n - 1] for the chunker (kiln_chunker_options.embeddings); the pointers stay
  * valid while db lives and no embedding is added. The chunker's fix.embedding indexes db->items. */
 void kiln_embeddings_refs(const kiln_embeddings *db, kiln_embedding_ref *refs);
+/* Fills vectors[0 .. db->n - 1] with each embedding's [n_vectors, width] rows, in the same order
+ * (pipeline/conditioning.h kiln_ti_set.vectors). */
+void kiln_embeddings_vectors(const kiln_embeddings *db, const float **vectors);
 
 #endif

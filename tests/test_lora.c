@@ -583,6 +583,89 @@ TEST(find_by_name_and_alias) {
     kiln_lora_free(l);
 }
 
+/* PEFT names (lora_A = down, lora_B = up) merge like kohya names; an inpainting model's 9-channel conv_in
+ * takes a 4-channel LoRA in its first 4 input channels (A1111 zero-pads updown); bad factors are refused. */
+TEST(peft_names_inpainting_and_bad_factors) {
+    kiln_model *m = load_model();
+    if (!m) return;
+    syn_tensor kohya[] = {
+        {"lora_unet_conv_in.lora_down.weight", 4, {2, 4, 3, 3}},
+        {"lora_unet_conv_in.lora_up.weight", 4, {32, 2, 1, 1}},
+    };
+    syn_tensor peft[] = {
+        {"lora_unet_conv_in.lora_A.weight", 4, {2, 4, 3, 3}},
+        {"lora_unet_conv_in.lora_B.weight", 4, {32, 2, 1, 1}},
+    };
+    CHECK(write_lora(tmp_path("kohya.safetensors"), kohya, 2, NULL) == 0);
+    CHECK(write_lora(tmp_path("peft.safetensors"), peft, 2, NULL) == 0);
+    kiln_lora *a = NULL, *b = NULL;
+    CHECK(kiln_lora_load(tmp_path("kohya.safetensors"), &a) == 0);
+    CHECK(kiln_lora_load(tmp_path("peft.safetensors"), &b) == 0);
+    const char *name = "model.diffusion_model.input_blocks.0.0.weight";
+    float ka[32 * 4 * 9], kb[32 * 4 * 9], orig[32 * 4 * 9];
+    kiln_weight_to_f32(kiln_weights_find(m->weights, name), orig);
+    if (a && b) {
+        CHECK(kiln_lora_apply(m, a, 1.0f, 0.6f) == 0);
+        kiln_weight_to_f32(kiln_weights_find(m->weights, name), ka);
+        kiln_model_restore_weights(m);
+        CHECK(kiln_lora_apply(m, b, 1.0f, 0.6f) == 0);
+        kiln_weight_to_f32(kiln_weights_find(m->weights, name), kb);
+        kiln_model_restore_weights(m);
+        CHECK(!memcmp(ka, kb, sizeof ka) && memcmp(ka, orig, sizeof ka));
+
+        /* the same conv_in widened to 9 input channels (channels 4..8 = 0.25) */
+        static float w9[32 * 9 * 9];
+        for (int o = 0; o < 32; o++)
+            for (int ch = 0; ch < 9; ch++)
+                for (int k = 0; k < 9; k++) w9[(o * 9 + ch) * 9 + k] = ch < 4 ? orig[(o * 4 + ch) * 9 + k] : 0.25f;
+        float *owned = malloc(sizeof w9);
+        memcpy(owned, w9, sizeof w9);
+        int64_t shape[4] = {32, 9, 3, 3};
+        CHECK(kiln_weights_add_owned_f32(m->weights, name, 4, shape, owned, "test") == 0);
+        CHECK(kiln_lora_apply(m, a, 1.0f, 0.6f) == 0);
+        const kiln_weight *w = kiln_weights_find(m->weights, name);
+        CHECK(w->shape[1] == 9);
+        float got[32 * 9 * 9];
+        kiln_weight_to_f32(w, got);
+        int bad = 0;
+        for (int o = 0; o < 32; o++)
+            for (int ch = 0; ch < 9; ch++)
+                for (int k = 0; k < 9; k++) {
+                    float want = ch < 4 ? ka[(o * 4 + ch) * 9 + k] : 0.25f;
+                    bad += memcmp(&want, &got[(o * 9 + ch) * 9 + k], sizeof want) != 0;
+                }
+        CHECK_MSG(bad == 0, "%d values differ", bad);
+        CHECK(kiln_model_restore_weights(m) == 1);
+        CHECK(!memcmp(kiln_weights_find(m->weights, name)->data, w9, sizeof w9)); /* the owned original is back */
+    }
+    kiln_lora_free(a);
+    kiln_lora_free(b);
+    a = NULL;
+
+    /* rank of lora_up (3) differs from lora_down's (2); an alpha that is not a scalar */
+    syn_tensor rank[] = {
+        {"lora_unet_conv_in.lora_down.weight", 4, {2, 4, 3, 3}},
+        {"lora_unet_conv_in.lora_up.weight", 4, {32, 3, 1, 1}},
+    };
+    CHECK(write_lora(tmp_path("rank.safetensors"), rank, 2, NULL) == 0);
+    CHECK(kiln_lora_load(tmp_path("rank.safetensors"), &a) == 0);
+    if (a) {
+        CHECK(kiln_lora_apply(m, a, 1.0f, 1.0f) == KILN_EINVAL);
+        CHECK(strstr(kiln_last_error(), "[32, 3, 1, 1]") && strstr(kiln_last_error(), "[2, 4, 3, 3]"));
+    }
+    kiln_lora_free(a);
+    a = NULL;
+    syn_tensor alpha[] = {
+        {"lora_unet_conv_in.lora_down.weight", 4, {2, 4, 3, 3}},
+        {"lora_unet_conv_in.lora_up.weight", 4, {32, 2, 1, 1}},
+        {"lora_unet_conv_in.alpha", 1, {2}},
+    };
+    CHECK(write_lora(tmp_path("alpha.safetensors"), alpha, 3, NULL) == 0);
+    CHECK(kiln_lora_load(tmp_path("alpha.safetensors"), &a) == KILN_EFORMAT);
+    CHECK(strstr(kiln_last_error(), "lora_unet_conv_in.alpha") != NULL);
+    kiln_model_free(m);
+}
+
 TEST(errors) {
     kiln_lora *l = NULL;
     CHECK(kiln_lora_load(tmp_path("missing.safetensors"), &l) < 0);
@@ -656,6 +739,7 @@ int main(void) {
     RUN(sd2_and_sdxl_keys);
     RUN(sd2_fused_qkv_merge);
     RUN(find_by_name_and_alias);
+    RUN(peft_names_inpainting_and_bad_factors);
     RUN(errors);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);

@@ -1,6 +1,8 @@
 /* test_embeddings.c — textual-inversion loading: the tiny-sd15 embedding (manifest
  * cases.textual_inversion), A1111's skip rules on synthetic files, and the chunker fed from it. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* mkdtemp */
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

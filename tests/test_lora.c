@@ -1,6 +1,8 @@
 /* test_lora.c — LoRA merging against the tiny-sd15 fixtures (lora_merged_0.8.safetensors, manifest
  * cases.lora), key mapping, restore, finding by name, and errors on synthetic files. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* mkdtemp */
+#endif
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>

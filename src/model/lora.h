@@ -22,6 +22,10 @@
  *   scale  = alpha / r (1.0 without alpha; KEY.scale wins when present)
  *   m      = te multiplier when the layer name has "transformer" in its first 20 characters, else unet
  *   W'     = W + (updown * scale) * m
+ * The product sums over the rank in order 0..r-1 with separate multiply and add (rows in parallel, so
+ * the thread count never changes a bit); with float16 factors every product is exact in float32 and this
+ * reproduces the fixture (numpy/BLAS) bit for bit. An inpainting model's 9-channel conv_in takes a
+ * 4-channel update in its first 4 input channels (A1111 zero-pads).
  * W' is stored as float32 in the weight store (kiln_weights_add_owned_f32, which bumps the tensor's
  * version so backends re-upload it). The original tensors are kept so kiln_model_restore_weights
  * can undo every merge (A1111 restores and re-applies its network list per request). */

@@ -670,6 +670,19 @@ TEST(peft_names_inpainting_and_bad_factors) {
 
 TEST(errors) {
     kiln_lora *l = NULL;
+    /* from memory: the same modules; garbage is refused with a message */
+    FILE *fp = fopen(test_fixture("tiny-sd15/lora/tiny_lora.safetensors"), "rb");
+    static uint8_t bytes[1 << 17];
+    size_t nb = fp ? fread(bytes, 1, sizeof bytes, fp) : 0;
+    if (fp) fclose(fp);
+    CHECK(nb > 1000 && nb < sizeof bytes);
+    CHECK(kiln_lora_load_memory(bytes, nb, "mem/tiny_lora.safetensors", &l) == 0);
+    CHECK(l && l->n_modules == 23 && !strcmp(l->name, "tiny_lora"));
+    kiln_lora_free(l);
+    l = NULL;
+    CHECK(kiln_lora_load_memory(bytes, 100, "cut.safetensors", &l) < 0 && l == NULL);
+    CHECK(strstr(kiln_last_error(), "cut.safetensors") != NULL);
+
     CHECK(kiln_lora_load(tmp_path("missing.safetensors"), &l) < 0);
     CHECK(strstr(kiln_last_error(), "missing.safetensors") != NULL);
     CHECK(l == NULL);

@@ -127,19 +127,19 @@ void kiln_lora_free(kiln_lora *l) {
     free(l);
 }
 
-int kiln_lora_load(const char *path, kiln_lora **out) {
-    if (!path || !out) return kiln_error(KILN_EINVAL, "kiln_lora_load: path and out are required");
+/* Takes over the opened file f (closed on failure) and reads its modules. */
+static int finish_load(kiln_st_file *f, const char *path, kiln_lora **out) {
     kiln_lora *l = calloc(1, sizeof *l);
-    if (!l) return kiln_error(KILN_ENOMEM, "out of memory");
-    int rc = kiln_st_open(path, &l->file);
-    if (rc) {
-        free(l);
-        return kiln_error_context(rc, "loading LoRA: ");
+    if (!l) {
+        kiln_st_close(f);
+        return kiln_error(KILN_ENOMEM, "out of memory");
     }
+    l->file = f;
     l->path = strdup(path);
     l->name = file_stem(path);
-    const char *alias = kiln_st_meta(l->file, "ss_output_name");
+    const char *alias = kiln_st_meta(f, "ss_output_name");
     if (alias) l->alias = strdup(alias);
+    int rc;
     if (!l->path || !l->name || (alias && !l->alias))
         rc = kiln_error(KILN_ENOMEM, "out of memory");
     else
@@ -150,6 +150,22 @@ int kiln_lora_load(const char *path, kiln_lora **out) {
     }
     *out = l;
     return KILN_OK;
+}
+
+int kiln_lora_load(const char *path, kiln_lora **out) {
+    if (!path || !out) return kiln_error(KILN_EINVAL, "kiln_lora_load: path and out are required");
+    kiln_st_file *f;
+    int rc = kiln_st_open(path, &f);
+    if (rc) return kiln_error_context(rc, "loading LoRA: ");
+    return finish_load(f, path, out);
+}
+
+int kiln_lora_load_memory(const void *buf, size_t size, const char *name, kiln_lora **out) {
+    if (!buf || !name || !out) return kiln_error(KILN_EINVAL, "kiln_lora_load_memory: buffer, name and out are required");
+    kiln_st_file *f;
+    int rc = kiln_st_open_memory(buf, size, name, &f);
+    if (rc) return kiln_error_context(rc, "loading LoRA: ");
+    return finish_load(f, name, out);
 }
 
 /* ---- the backup of original tensors ---- */

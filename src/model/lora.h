@@ -59,6 +59,8 @@ typedef struct kiln_lora {
 
 /* Reads a LoRA .safetensors. Errors name the file and, for a malformed module, the key. */
 int kiln_lora_load(const char *path, kiln_lora **out);
+/* The same from memory (not copied: buf must outlive the LoRA); name stands for the path. For fuzzing. */
+int kiln_lora_load_memory(const void *buf, size_t size, const char *name, kiln_lora **out);
 void kiln_lora_free(kiln_lora *l);
 
 /* What one kiln_lora_apply did. */

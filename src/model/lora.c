@@ -259,7 +259,7 @@ static int plan_module(const kiln_lora *l, const kiln_weight *w, merge_plan *p) 
     kiln_shape_str(w->ndim, w->shape, ws, sizeof ws);
     st_shape(md->up, us, sizeof us);
     st_shape(md->down, ds, sizeof ds);
-    if (w->ndim != 2 && w->ndim != 4)
+    if ((w->ndim != 2 && w->ndim != 4) || kiln_weight_numel(w) < 1)
         return kiln_error(KILN_EUNSUPPORTED, "LoRA %s: module %s targets %s %s, which is neither Linear nor Conv2d",
                           l->name, md->key, w->name, ws);
     int64_t r = md->down->shape[0];

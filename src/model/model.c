@@ -84,6 +84,7 @@ int kiln_model_load(const char *path, const kiln_model_options *opts, kiln_model
 
 void kiln_model_free(kiln_model *m) {
     if (!m) return;
+    kiln_lora_backup_free(m->lora_backup);
     kiln_weights_free(m->weights);
     for (int i = 0; i < m->n_files; i++) kiln_st_close(m->files[i]);
     for (int i = 0; i < m->n_ckpt_files; i++) kiln_ckpt_close(m->ckpt_files[i]);

@@ -12,6 +12,8 @@
 
 #define KILN_MODEL_MAX_FILES 16
 
+struct kiln_lora_backup; /* model/lora.c: the original tensors of LoRA-merged weights */
+
 struct kiln_model {
     char *path;                            /* what the user gave (file or folder) */
     char *name;                            /* display name (file stem / folder name), A1111 "Model:" */
@@ -23,7 +25,11 @@ struct kiln_model {
     struct kiln_ckpt_file *ckpt_files[KILN_MODEL_MAX_FILES]; /* .ckpt checkpoints the weights point into */
     int n_ignored;                         /* tensors skipped (EMA copies, optimizer state, int tensors) */
     char *vocab_dir;                       /* diffusers tokenizer/ folder, if any (NULL otherwise) */
+    struct kiln_lora_backup *lora_backup;  /* originals of weights a LoRA changed (NULL = none changed) */
 };
+
+/* Frees the backup without restoring anything (model/lora.c); used by kiln_model_free. */
+void kiln_lora_backup_free(struct kiln_lora_backup *b);
 
 /* Opens a safetensors file and keeps it in model->files. */
 int kiln_model_open_file(struct kiln_model *m, const char *path, kiln_st_file **out);

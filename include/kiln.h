@@ -97,6 +97,8 @@ typedef struct kiln_gen_params {
     double eta;                    /* < 0 = the sampler's A1111 default */
     double s_min_uncond;           /* A1111 "negative guidance minimum sigma" (0 = off) */
     int64_t ensd;                  /* eta noise seed delta (0) */
+    const char *const *loras;      /* extra LoRA files for this request, "FILE" or "FILE:WEIGHT" (weight 1) */
+    int n_loras;
 } kiln_gen_params;
 
 /* Fills p with A1111's txt2img defaults (prompt "" and the values in the comments above). */

@@ -205,6 +205,9 @@ static void generate_help(FILE *f) {
                "  --rng gpu|nv|cpu          noise source (gpu = A1111's default, computed as nv)\n"
                "  --eta F, --s-min-uncond F, --ensd N   sampler eta, negative guidance minimum sigma, ENSD\n"
                "  --vae FILE                separate VAE (A1111 \"SD VAE\")\n"
+               "  --lora-dir DIR            where <lora:NAME:W> prompt tags find NAME.safetensors\n"
+               "  --lora FILE[:W]           apply a LoRA file with weight W (1); repeatable\n"
+               "  --embeddings-dir DIR      textual-inversion embeddings, used by name in prompts\n"
                "  --vocab FILE              CLIP vocabulary (default: the model's or the installed one)\n"
                "  --backend cpu|cuda        compute backend (cpu)\n"
                "  --threads N               CPU threads (all)\n"
@@ -252,6 +255,8 @@ static int cmd_generate(int argc, char **argv) {
     kiln_gen_params p;
     kiln_gen_params_init(&p);
     const char *model_path = NULL, *output = NULL, *vae = NULL, *vocab = NULL, *backend = "cpu";
+    const char *lora_dir = NULL, *embeddings_dir = NULL, *loras[16];
+    int n_loras = 0;
     long long v;
     double d;
     int threads = 0, quiet = 0, have_prompt = 0;
@@ -291,6 +296,15 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--s-min-uncond")) { if (!parse_float(a, val, &d)) return 1; p.s_min_uncond = d; }
         else if (!strcmp(a, "--ensd")) { if (!parse_int(a, val, 0, 4294967295LL, &v)) return 1; p.ensd = v; }
         else if (!strcmp(a, "--vae")) vae = val;
+        else if (!strcmp(a, "--lora-dir")) lora_dir = val;
+        else if (!strcmp(a, "--embeddings-dir")) embeddings_dir = val;
+        else if (!strcmp(a, "--lora")) {
+            if (n_loras == 16) {
+                fprintf(stderr, "kiln generate: at most 16 --lora options\n");
+                return 1;
+            }
+            loras[n_loras++] = val;
+        }
         else if (!strcmp(a, "--vocab")) vocab = val;
         else if (!strcmp(a, "--backend")) backend = val;
         else if (!strcmp(a, "--threads")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; threads = (int)v; }
@@ -311,7 +325,10 @@ static int cmd_generate(int argc, char **argv) {
     kiln_model_options mo = {.vae_path = vae};
     kiln_model *m = NULL;
     if (kiln_model_load(model_path, &mo, &m)) return fail("generate");
-    kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab};
+    p.loras = loras;
+    p.n_loras = n_loras;
+    kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab, .lora_dir = lora_dir,
+                           .embeddings_dir = embeddings_dir};
     kiln_ctx *ctx = NULL;
     if (kiln_ctx_create(m, &co, &ctx)) {
         kiln_model_free(m);

@@ -11,6 +11,7 @@
 #include "core/sha256.h"
 #include "io/image.h"
 #include "io/infotext.h"
+#include "model/embeddings.h"
 #include "pipeline/denoiser.h"
 #include "sample/brownian.h"
 #include "sample/schedulers.h"
@@ -161,7 +162,9 @@ int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *
     }
     double t0 = kiln_now(), t1 = t0;
     if (rc == KILN_OK) {
-        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, p->steps, 0, p->clip_skip, NULL);
+        kiln_ti_set ti = {ctx->embeddings ? ctx->embeddings->n : 0, ctx->ti_refs, ctx->ti_vectors};
+        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, p->steps, 0, p->clip_skip,
+                                    ti.n ? &ti : NULL);
         t1 = kiln_now();
         den.batch = batch;
         den.channels = C;

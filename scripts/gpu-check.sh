@@ -68,17 +68,18 @@ echo "== CUDA tests =="
 printf "%b" "$results"
 echo "== full SD 1.5 U-Net vs CPU, 256x256 =="
 grep -iE "rel|max|nan|check" "$out/unet_check_256.log" | tail -3
+grep -E "^(GFLOP|op |conv2d|linear|attention|group_norm|layer_norm|geglu|total)" "$out/bench_512.log"
 echo "== kiln bench (SD 1.5 random weights, CFG 7, 20 steps Euler a) on ${gpu:-?} =="
-printf '%-8s %-12s %-10s %-12s %-34s %-10s\n' config "unet ms" "it/s" "TFLOP/s" "txt2img ms (encode/sample/decode)" "device GiB"
+printf '%-8s %-12s %-10s %-12s %-34s %-10s\n' config "unet ms" "it/s" "TFLOP/s" "txt2img ms (encode/sample/decode)" "kiln GiB"
 for name in 512 768 1024 512b4; do
   f="$out/bench_$name.log"
   [ -f "$f" ] || continue
-  ms=$(grep -oE "[0-9.]+ ms GPU replay" "$f" | grep -oE "^[0-9.]+")
-  its=$(grep -oE "[0-9.]+ it/s" "$f" | grep -oE "^[0-9.]+")
-  tf=$(grep -oE "[0-9.]+ TFLOP/s" "$f" | grep -oE "^[0-9.]+")
-  img=$(grep -oE "txt2img +[0-9.]+ ms" "$f" | grep -oE "[0-9.]+")
-  split=$(grep -oE "encode [0-9.]+ ms, sampling [0-9.]+ ms, VAE decode [0-9.]+ ms" "$f" | grep -oE "[0-9.]+" | paste -sd/)
-  mem=$(grep -oE "device memory +[0-9.]+" "$f" | grep -oE "[0-9.]+$")
+  ms=$(sed -nE 's/.*, ([0-9.]+) ms GPU replay.*/\1/p' "$f")
+  its=$(sed -nE 's/^unet rate +([0-9.]+) it\/s.*/\1/p' "$f")
+  tf=$(sed -nE 's/.* ([0-9.]+) TFLOP\/s.*/\1/p' "$f")
+  img=$(sed -nE 's/^txt2img +([0-9.]+) ms.*/\1/p' "$f")
+  split=$(sed -nE 's/.*text encode ([0-9.]+) ms, sampling ([0-9.]+) ms, VAE decode ([0-9.]+) ms.*/\1\/\2\/\3/p' "$f")
+  mem=$(sed -nE 's/^device memory .* ([0-9.]+) GiB kiln .*/\1/p' "$f")
   printf '%-8s %-12s %-10s %-12s %-34s %-10s\n' "$name" "${ms:-?}" "${its:-?}" "${tf:-?}" "${img:-?} ($split)" "${mem:-?}"
 done
 exit $status

@@ -404,6 +404,12 @@ static int cmd_bench(int argc, char **argv) {
     kiln_model_free(m);
     if (rc) return fail("bench");
     double ms = r.unet_gpu_median_ms > 0 ? r.unet_gpu_median_ms : r.unet_median_ms;
+    if (o.profile) {
+        printf("GFLOP per op kind:");
+        for (int k = 0; k < 32; k++)
+            if (r.kind_gflop[k] >= 1.0) printf(" %s %.1f", kiln_bench_op_name(k), r.kind_gflop[k]);
+        printf("\n");
+    }
     printf("model            %s\n", model_path);
     printf("backend          %s, %dx%d, batch %d (U-Net batch %d with CFG)\n", o.backend, o.width, o.height, o.batch,
            2 * o.batch);
@@ -417,7 +423,11 @@ static int cmd_bench(int argc, char **argv) {
         printf("txt2img          %.1f ms total (%d steps %s): text encode %.1f ms, sampling %.1f ms, VAE decode %.1f ms\n",
                r.total_ms, o.steps, o.sampler, r.encode_ms, r.sampling_ms, r.decode_ms);
     printf("weights          %.2f GiB as stored\n", (double)r.weights_bytes / (1u << 30));
-    if (r.device_bytes) printf("device memory    %.2f GiB in use\n", (double)r.device_bytes / (1u << 30));
+    if (r.device_bytes)
+        printf("device memory    %.2f GiB in use: %.2f GiB kiln (weights, arenas, library workspaces) + %.2f GiB CUDA "
+               "context\n",
+               (double)r.device_bytes / (1u << 30), (double)(r.device_bytes - r.context_bytes) / (1u << 30),
+               (double)r.context_bytes / (1u << 30));
     return 0;
 }
 

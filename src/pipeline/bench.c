@@ -27,7 +27,11 @@ static int time_unet(kiln_ctx *ctx, const kiln_bench_opts *o, kiln_bench_result 
     kiln_cached_plan *cp = NULL;
     KILN_TRY(kiln_ctx_plan(ctx, KILN_NET_UNET, N, h, w, L, &cp));
     r->unet_gflop = 0;
-    for (int i = 0; i < cp->plan->n_ops; i++) r->unet_gflop += kiln_op_flops(cp->plan, &cp->plan->ops[i]) * 1e-9;
+    for (int i = 0; i < cp->plan->n_ops; i++) {
+        double g = kiln_op_flops(cp->plan, &cp->plan->ops[i]) * 1e-9;
+        r->unet_gflop += g;
+        if ((int)cp->plan->ops[i].kind < 32) r->kind_gflop[cp->plan->ops[i].kind] += g;
+    }
     size_t nx = (size_t)N * mc->unet.in_channels * h * w, nc = (size_t)N * L * mc->unet.context_dim;
     float *x = malloc(sizeof(float) * nx), *c = malloc(sizeof(float) * nc), *out = malloc(sizeof(float) * nx);
     float t[64];
@@ -118,8 +122,13 @@ int kiln_bench_run(kiln_model *model, const kiln_bench_opts *o, kiln_bench_resul
     int rc = time_unet(ctx, o, r);
     if (rc == KILN_OK && o->steps > 0) rc = time_images(ctx, o, r);
 #ifdef KILN_HAVE_CUDA
-    if (rc == KILN_OK && !strcmp(o->backend, "cuda")) r->device_bytes = kiln_cuda_mem_used();
+    if (rc == KILN_OK && !strcmp(o->backend, "cuda")) {
+        r->device_bytes = kiln_cuda_mem_used();
+        r->context_bytes = kiln_cuda_mem_context();
+    }
 #endif
     kiln_ctx_free(ctx);
     return rc;
 }
+
+const char *kiln_bench_op_name(int kind) { return kind >= 0 && kind < KILN_OP_COUNT ? kiln_op_name((kiln_op_kind)kind) : "?"; }

@@ -22,12 +22,17 @@ typedef struct kiln_bench_opts {
 
 typedef struct kiln_bench_result {
     double unet_gflop;            /* one U-Net call at batch 2 x batch */
+    double kind_gflop[32];        /* of which per op kind (kiln_op_kind) */
     double unet_median_ms, unet_min_ms; /* wall clock per call, host copies included */
     double unet_gpu_median_ms;    /* CUDA: graph replay time alone (0 on CPU) */
     double encode_ms, sampling_ms, decode_ms, total_ms; /* one whole txt2img (median of runs) */
     size_t weights_bytes;         /* the checkpoint's tensors as stored */
-    size_t device_bytes;          /* CUDA: device memory in use after the runs (0 on CPU) */
+    size_t device_bytes;          /* CUDA: device memory in use after the runs (0 on CPU), context included */
+    size_t context_bytes;         /* CUDA: of which a bare CUDA context (driver, runtime, kernel images) */
 } kiln_bench_result;
+
+/* The op kind's name (kiln_op_name) for bench reports. */
+const char *kiln_bench_op_name(int kind);
 
 int kiln_bench_run(kiln_model *model, const kiln_bench_opts *opts, kiln_bench_result *out);
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_compiled.h"
 
 #ifdef KILN_HAVE_CUDNN
@@ -584,6 +585,7 @@ extern "C" int kiln_backend_cuda_create(int device, kiln_backend **out) {
     int major = 0, minor = 0;
     KILN_TRY(kiln_cuda_check_device(device, name, sizeof name, &major, &minor));
     KC_CUDA(cudaSetDevice(device));
+    kiln_cuda_note_context();  // device memory of a bare context: the baseline kiln's own use is measured from
     kiln_backend *be = (kiln_backend *)calloc(1, sizeof *be);
     kc_backend *b = (kc_backend *)calloc(1, sizeof *b);
     if (!be || !b) {

@@ -21,6 +21,10 @@ int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, fl
 int kiln_cuda_profile(kiln_compiled *c, FILE *f);
 /* Device memory in use on the current device (total - free), bytes; for peak-memory reports. */
 size_t kiln_cuda_mem_used(void);
+/* Records (once) the memory a bare CUDA context uses, before kiln allocates anything; called by
+ * kiln_backend_cuda_create. kiln_cuda_mem_context returns it (0 if never recorded). */
+void kiln_cuda_note_context(void);
+size_t kiln_cuda_mem_context(void);
 
 #ifdef __cplusplus
 }

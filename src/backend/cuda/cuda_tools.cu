@@ -71,6 +71,16 @@ int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, fl
     return rc;
 }
 
+static size_t context_bytes;  // in use right after the context was made (driver, runtime, kernels)
+
+void kiln_cuda_note_context(void) {
+    if (context_bytes) return;
+    cudaFree(0);  // makes the context if there is none yet
+    context_bytes = kiln_cuda_mem_used();
+}
+
+size_t kiln_cuda_mem_context(void) { return context_bytes; }
+
 size_t kiln_cuda_mem_used(void) {
     size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;

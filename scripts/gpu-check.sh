@@ -63,9 +63,17 @@ bench 768 -W 768 -H 768 --batch-size 1 --steps 20
 bench 1024 -W 1024 -H 1024 --batch-size 1 --steps 20
 bench 512b4 -W 512 -H 512 --batch-size 4 --steps 20
 
+# the CLI end to end on the GPU: the tiny fixture's euler_a_8 case
+if [ -n "${KILN_FIXTURES:-}" ] && [ -f "$KILN_FIXTURES/tiny-sd15/model.safetensors" ]; then
+  ( time "$bin/kiln" generate -m "$KILN_FIXTURES/tiny-sd15/model.safetensors" -p "a photo of a cat" -n "blurry, lowres" \
+      --seed 42 --sampler "Euler a" --steps 8 -W 64 -H 64 --rng nv --backend cuda -o "$out/cat_cuda.png" -q ) \
+    >"$out/generate_cuda.log" 2>&1 || status=1
+fi
+
 echo
 echo "== CUDA tests =="
 printf "%b" "$results"
+echo "== kiln generate --backend cuda (tiny fixture, 8 steps): $(grep real "$out/generate_cuda.log" 2>/dev/null)"
 echo "== full SD 1.5 U-Net vs CPU, 256x256 =="
 grep -iE "rel|max|nan|check" "$out/unet_check_256.log" | tail -3
 grep -E "^(GFLOP|op |conv2d|linear|attention|group_norm|layer_norm|geglu|total)" "$out/bench_512.log"

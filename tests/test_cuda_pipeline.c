@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "pipeline/txt2img.h"
+#include "fixture_cases.h"
 #include "test.h"
 
 #define PSNR_MIN 30.0
@@ -27,15 +28,7 @@ static double psnr(const uint8_t *a, const uint8_t *b, size_t n) {
 
 static int generate(kiln_ctx *ctx, json_t *c, uint8_t *rgb) {
     kiln_gen_params p;
-    kiln_gen_params_init(&p);
-    p.prompt = json_string_value(json_object_get(c, "prompt"));
-    p.negative_prompt = json_string_value(json_object_get(c, "negative"));
-    p.sampler = json_string_value(json_object_get(c, "sampler"));
-    p.steps = (int)json_integer_value(json_object_get(c, "steps"));
-    p.cfg_scale = json_number_value(json_object_get(c, "cfg"));
-    p.seed = json_integer_value(json_object_get(c, "seed"));
-    p.width = p.height = 64;
-    p.rng = "NV";
+    fixture_gen_params(c, &p);
     float lat[256];
     int64_t seed = p.seed, sub = 0;
     int rc = kiln_txt2img_sample(ctx, &p, &seed, &sub, 1, 0, NULL, NULL, lat, NULL);

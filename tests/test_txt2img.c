@@ -6,20 +6,12 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "pipeline/txt2img.h"
+#include "fixture_cases.h"
 #include "test.h"
 
 static kiln_model *model;
 static kiln_ctx *ctx, *ctx_extra; /* ctx_extra: with the fixture's LoRA and embedding folders */
 static json_t *manifest;
-
-static float *tensor_f32(kiln_st_file *f, const char *name, size_t *n) {
-    const kiln_st_tensor *t = kiln_st_find(f, name);
-    if (!t) return NULL;
-    *n = (size_t)kiln_st_numel(t);
-    float *v = malloc(*n * sizeof(float));
-    kiln_st_to_f32(t, v);
-    return v;
-}
 
 /* Runs one manifest case (with optional overrides of the prompt) and checks it. */
 static void run_case_ctx(kiln_ctx *ctx, json_t *c, const char *prompt_override) {
@@ -30,15 +22,8 @@ static void run_case_ctx(kiln_ctx *ctx, json_t *c, const char *prompt_override) 
     CHECK(kiln_st_open(test_fixture(rel), &f) == 0);
     if (!f) return;
     kiln_gen_params p;
-    kiln_gen_params_init(&p);
-    p.prompt = prompt_override ? prompt_override : json_string_value(json_object_get(c, "prompt"));
-    p.negative_prompt = json_string_value(json_object_get(c, "negative"));
-    p.sampler = json_string_value(json_object_get(c, "sampler"));
-    p.steps = (int)json_integer_value(json_object_get(c, "steps"));
-    p.cfg_scale = json_number_value(json_object_get(c, "cfg"));
-    p.seed = json_integer_value(json_object_get(c, "seed"));
-    p.width = p.height = 64;
-    p.rng = "NV";
+    fixture_gen_params(c, &p);
+    if (prompt_override) p.prompt = prompt_override;
     json_t *tol = json_object_get(c, "tolerance");
     double samples_atol = json_number_value(json_object_get(tol, "samples_atol"));
     CHECK(kiln_gen_params_check(ctx, &p) == 0);
@@ -53,7 +38,7 @@ static void run_case_ctx(kiln_ctx *ctx, json_t *c, const char *prompt_override) 
         return;
     }
     size_t n;
-    float *noise = tensor_f32(f, "noise", &n), *samples = tensor_f32(f, "samples", &n);
+    float *noise = fixture_tensor_f32(f, "noise", &n), *samples = fixture_tensor_f32(f, "samples", &n);
     CHECK(noise && test_max_abs_diff(trace.noise, noise, 256) == 0.0);
     int want_calls = (int)json_integer_value(json_object_get(c, "n_denoiser_calls"));
     CHECK_MSG(trace.n_calls == want_calls, "%s: %d denoiser calls, want %d", name, trace.n_calls, want_calls);
@@ -98,15 +83,7 @@ TEST(lora_run) {
     CHECK(c != NULL);
     if (!c) return;
     kiln_gen_params p;
-    kiln_gen_params_init(&p);
-    p.prompt = json_string_value(json_object_get(c, "prompt"));
-    p.negative_prompt = json_string_value(json_object_get(c, "negative"));
-    p.sampler = json_string_value(json_object_get(c, "sampler"));
-    p.steps = (int)json_integer_value(json_object_get(c, "steps"));
-    p.cfg_scale = json_number_value(json_object_get(c, "cfg"));
-    p.seed = json_integer_value(json_object_get(c, "seed"));
-    p.width = p.height = 64;
-    p.rng = "NV";
+    fixture_gen_params(c, &p);
     const kiln_weight *w = kiln_weights_find(model->weights, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
     const void *before = w ? w->data : NULL;
     kiln_gen_image *im = NULL;

@@ -112,6 +112,9 @@ TEST(lora_run) {
     CHECK(w && w->data == before); /* weights restored after the request */
     kiln_gen_images_free(im, n);
     kiln_st_close(f);
+    /* the same context without the LoRA gives A1111's plain image again: weights restored, plans recompiled */
+    json_t *plain = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases"), 0);
+    run_case_ctx(ctx_extra, plain, NULL);
     /* a tag naming a LoRA that does not exist is an error naming it */
     p.prompt = "a cat <lora:no_such_lora:1>";
     CHECK(kiln_generate(ctx_extra, &p, NULL, NULL, &im, &n) < 0 && strstr(kiln_last_error(), "no_such_lora"));

@@ -97,6 +97,8 @@ typedef struct kiln_gen_params {
     double eta;                    /* < 0 = the sampler's A1111 default */
     double s_min_uncond;           /* A1111 "negative guidance minimum sigma" (0 = off) */
     int64_t ensd;                  /* eta noise seed delta (0) */
+    const char *const *loras;      /* extra LoRA files for this request, "FILE" or "FILE:WEIGHT" (weight 1) */
+    int n_loras;
     /* img2img and inpainting (A1111 StableDiffusionProcessingImg2Img); init_rgb NULL = txt2img */
     const uint8_t *init_rgb;       /* init image, RGB8 [init_height][init_width][3]; resized to width x height */
     int init_width, init_height;

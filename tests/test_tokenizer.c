@@ -233,6 +233,70 @@ TEST(ftfy_html_rules) {
     }
 }
 
+static void check_loads_cat(const char *path) {
+    kiln_tokenizer *t = NULL;
+    int rc = kiln_tokenizer_load(path, &t);
+    CHECK_MSG(rc == KILN_OK, "%s: %s", path, kiln_last_error());
+    if (rc != KILN_OK) return;
+    int32_t want[] = {320, 1125, 539, 320, 2368};
+    check_ids(t, "a photo of a cat", want, 5);
+    kiln_tokenizer_free(t);
+}
+
+/* Other ways to name a vocabulary: the diffusers model folder, vocab.json itself, an
+ * uncompressed .txt; and broken files give a format error naming the file. */
+TEST(vocab_forms) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s", test_fixture("tiny-sd15/diffusers"));
+    check_loads_cat(path);
+    snprintf(path, sizeof path, "%s", test_fixture("tiny-sd15/diffusers/tokenizer/vocab.json"));
+    check_loads_cat(path);
+
+    /* A plain copy of the .txt.gz, and copies cut short or with a broken merge line. */
+    char *text = NULL;
+    size_t len = 0;
+    {
+        char cmd[8192];
+        snprintf(cmd, sizeof cmd, "gzip -dc '%s'", gz_path());
+        FILE *f = popen(cmd, "r");
+        CHECK(f != NULL);
+        if (!f) return;
+        size_t cap = 4 << 20;
+        text = malloc(cap);
+        len = fread(text, 1, cap, f);
+        pclose(f);
+    }
+    CHECK(len > 1000000);
+    const char *dir = KILN_BUILD_DIR;
+    snprintf(path, sizeof path, "%s/test_tokenizer_vocab.txt", dir);
+    FILE *f = fopen(path, "wb");
+    fwrite(text, 1, len, f);
+    fclose(f);
+    check_loads_cat(path);
+
+    /* Only the header and 1000 merges. */
+    size_t cut = 0;
+    for (int lines = 0; cut < len && lines < 1001; cut++) lines += text[cut] == '\n';
+    f = fopen(path, "wb");
+    fwrite(text, 1, cut, f);
+    fclose(f);
+    kiln_tokenizer *t = NULL;
+    CHECK(kiln_tokenizer_load(path, &t) == KILN_EFORMAT && t == NULL);
+    CHECK(strstr(kiln_last_error(), "test_tokenizer_vocab.txt") != NULL);
+
+    /* Merge line 3 ("t h") made into one part, " xh". */
+    char *second = strchr(strchr(text, '\n') + 1, '\n') + 1;
+    CHECK(second[0] == 't' && second[1] == ' ' && second[2] == 'h');
+    second[1] = 'x', second[0] = ' ';
+    f = fopen(path, "wb");
+    fwrite(text, 1, len, f);
+    fclose(f);
+    CHECK(kiln_tokenizer_load(path, &t) == KILN_EFORMAT);
+    CHECK_MSG(strstr(kiln_last_error(), "line 3") != NULL, "%s", kiln_last_error());
+    remove(path);
+    free(text);
+}
+
 TEST(missing_vocab) {
     kiln_tokenizer *t = NULL;
     int rc = kiln_tokenizer_load("/nonexistent/dir/bpe_simple_vocab_16e6.txt.gz", &t);
@@ -305,6 +369,7 @@ int main(void) {
     RUN(special_tokens);
     RUN(ftfy_html_rules);
     RUN(threads_share_tokenizer);
+    RUN(vocab_forms);
     RUN(missing_vocab);
     kiln_tokenizer_free(tok_gz);
     kiln_tokenizer_free(tok_diffusers);

@@ -6,23 +6,15 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "pipeline/txt2img.h"
+#include "fixture_cases.h"
 #include "test.h"
 
 static kiln_model *model;
-static kiln_ctx *ctx;
+static kiln_ctx *ctx, *ctx_extra; /* ctx_extra: with the fixture's LoRA and embedding folders */
 static json_t *manifest;
 
-static float *tensor_f32(kiln_st_file *f, const char *name, size_t *n) {
-    const kiln_st_tensor *t = kiln_st_find(f, name);
-    if (!t) return NULL;
-    *n = (size_t)kiln_st_numel(t);
-    float *v = malloc(*n * sizeof(float));
-    kiln_st_to_f32(t, v);
-    return v;
-}
-
 /* Runs one manifest case (with optional overrides of the prompt) and checks it. */
-static void run_case(json_t *c, const char *prompt_override) {
+static void run_case_ctx(kiln_ctx *ctx, json_t *c, const char *prompt_override) {
     const char *name = json_string_value(json_object_get(c, "name"));
     char rel[256];
     snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
@@ -30,15 +22,8 @@ static void run_case(json_t *c, const char *prompt_override) {
     CHECK(kiln_st_open(test_fixture(rel), &f) == 0);
     if (!f) return;
     kiln_gen_params p;
-    kiln_gen_params_init(&p);
-    p.prompt = prompt_override ? prompt_override : json_string_value(json_object_get(c, "prompt"));
-    p.negative_prompt = json_string_value(json_object_get(c, "negative"));
-    p.sampler = json_string_value(json_object_get(c, "sampler"));
-    p.steps = (int)json_integer_value(json_object_get(c, "steps"));
-    p.cfg_scale = json_number_value(json_object_get(c, "cfg"));
-    p.seed = json_integer_value(json_object_get(c, "seed"));
-    p.width = p.height = 64;
-    p.rng = "NV";
+    fixture_gen_params(c, &p);
+    if (prompt_override) p.prompt = prompt_override;
     json_t *tol = json_object_get(c, "tolerance");
     double samples_atol = json_number_value(json_object_get(tol, "samples_atol"));
     CHECK(kiln_gen_params_check(ctx, &p) == 0);
@@ -53,7 +38,7 @@ static void run_case(json_t *c, const char *prompt_override) {
         return;
     }
     size_t n;
-    float *noise = tensor_f32(f, "noise", &n), *samples = tensor_f32(f, "samples", &n);
+    float *noise = fixture_tensor_f32(f, "noise", &n), *samples = fixture_tensor_f32(f, "samples", &n);
     CHECK(noise && test_max_abs_diff(trace.noise, noise, 256) == 0.0);
     int want_calls = (int)json_integer_value(json_object_get(c, "n_denoiser_calls"));
     CHECK_MSG(trace.n_calls == want_calls, "%s: %d denoiser calls, want %d", name, trace.n_calls, want_calls);
@@ -81,6 +66,58 @@ static void run_case(json_t *c, const char *prompt_override) {
     free(noise), free(samples);
     kiln_sample_trace_free(&trace);
     kiln_st_close(f);
+}
+
+static void run_case(json_t *c, const char *prompt_override) { run_case_ctx(ctx, c, prompt_override); }
+
+TEST(textual_inversion_run) {
+    json_t *runs = json_object_get(json_object_get(json_object_get(manifest, "cases"), "textual_inversion"), "runs");
+    CHECK(json_array_size(runs) == 1);
+    run_case_ctx(ctx_extra, json_array_get(runs, 0), NULL);
+}
+
+/* The LoRA run goes through kiln_generate, which cuts the <lora:...> tag, merges the LoRA for the request and
+ * restores the weights afterwards. */
+TEST(lora_run) {
+    json_t *c = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "lora"), "runs"), 0);
+    CHECK(c != NULL);
+    if (!c) return;
+    kiln_gen_params p;
+    fixture_gen_params(c, &p);
+    const kiln_weight *w = kiln_weights_find(model->weights, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
+    const void *before = w ? w->data : NULL;
+    kiln_gen_image *im = NULL;
+    int n = 0;
+    int rc = kiln_generate(ctx_extra, &p, NULL, NULL, &im, &n);
+    CHECK_MSG(rc == 0, "%s", kiln_last_error());
+    kiln_st_file *f = NULL;
+    char rel[256];
+    snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
+    CHECK(kiln_st_open(test_fixture(rel), &f) == 0);
+    const kiln_st_tensor *u8 = f ? kiln_st_find(f, "image_u8") : NULL;
+    if (rc == 0 && u8) {
+        int max_diff = 0, n_diff = 0;
+        for (int i = 0; i < 64 * 64 * 3; i++) {
+            int d = abs((int)im[0].rgb[i] - (int)((const uint8_t *)u8->data)[i]);
+            if (d > max_diff) max_diff = d;
+            n_diff += d != 0;
+        }
+        printf("  lora_euler_a_6 (kiln_generate): png max diff %d, %d of %d values differ\n", max_diff, n_diff,
+               64 * 64 * 3);
+        CHECK(max_diff <= 1 && n_diff <= 64 * 64 * 3 / 100);
+        CHECK(strstr(im[0].infotext, "Lora hashes: \"tiny_lora: ") != NULL);
+        CHECK(strstr(im[0].infotext, "<lora:tiny_lora:0.8>") != NULL); /* the infotext keeps the tag */
+    }
+    w = kiln_weights_find(model->weights, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
+    CHECK(w && w->data == before); /* weights restored after the request */
+    kiln_gen_images_free(im, n);
+    kiln_st_close(f);
+    /* the same context without the LoRA gives A1111's plain image again: weights restored, plans recompiled */
+    json_t *plain = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases"), 0);
+    run_case_ctx(ctx_extra, plain, NULL);
+    /* a tag naming a LoRA that does not exist is an error naming it */
+    p.prompt = "a cat <lora:no_such_lora:1>";
+    CHECK(kiln_generate(ctx_extra, &p, NULL, NULL, &im, &n) < 0 && strstr(kiln_last_error(), "no_such_lora"));
 }
 
 TEST(txt2img_cases) {
@@ -124,9 +161,22 @@ int main(void) {
         fprintf(stderr, "setup: %s\n", kiln_last_error());
         return 1;
     }
+    kiln_ctx_options extra = opts;
+    char lora_dir[1024], emb_dir[1024];
+    snprintf(lora_dir, sizeof lora_dir, "%s", test_fixture("tiny-sd15/lora"));
+    snprintf(emb_dir, sizeof emb_dir, "%s", test_fixture("tiny-sd15/embeddings"));
+    extra.lora_dir = lora_dir;
+    extra.embeddings_dir = emb_dir;
+    if (kiln_ctx_create(model, &extra, &ctx_extra)) {
+        fprintf(stderr, "setup: %s\n", kiln_last_error());
+        return 1;
+    }
     RUN(txt2img_cases);
+    RUN(textual_inversion_run);
+    RUN(lora_run);
     RUN(bad_parameters_are_refused);
     kiln_ctx_free(ctx);
+    kiln_ctx_free(ctx_extra);
     kiln_model_free(model);
     json_decref(manifest);
     return test_summary();

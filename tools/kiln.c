@@ -13,6 +13,7 @@
 
 #include "io/image.h"
 #include "io/infotext.h"
+#include "pipeline/bench.h"
 #include "kiln.h"
 
 static int fail(const char *what) {
@@ -27,6 +28,8 @@ static int usage(FILE *f) {
                "  tokenize [--vocab FILE | -m MODEL] PROMPT\n"
                "                            print the CLIP token ids (BOS/EOS included) as a JSON array\n"
                "  generate -m MODEL -p PROMPT [options]   txt2img (kiln generate --help lists the options)\n"
+               "  bench -m MODEL [--backend cpu|cuda] [-W 512 -H 512 --batch-size 1 --steps 20 --iters 20 --profile]\n"
+               "                            time the U-Net step and whole txt2img runs\n"
                "  pnginfo IMAGE             print an image's A1111 parameters as JSON\n"
                "  mkrandom [--arch sd15|tiny-sd15] [--seed N] -o FILE.safetensors\n"
                "                            write a checkpoint with random weights (for benchmarks)\n"
@@ -202,6 +205,9 @@ static void generate_help(FILE *f) {
                "  --rng gpu|nv|cpu          noise source (gpu = A1111's default, computed as nv)\n"
                "  --eta F, --s-min-uncond F, --ensd N   sampler eta, negative guidance minimum sigma, ENSD\n"
                "  --vae FILE                separate VAE (A1111 \"SD VAE\")\n"
+               "  --lora-dir DIR            where <lora:NAME:W> prompt tags find NAME.safetensors\n"
+               "  --lora FILE[:W]           apply a LoRA file with weight W (1); repeatable\n"
+               "  --embeddings-dir DIR      textual-inversion embeddings, used by name in prompts\n"
                "  --vocab FILE              CLIP vocabulary (default: the model's or the installed one)\n"
                "  --backend cpu|cuda        compute backend (cpu)\n"
                "  --threads N               CPU threads (all)\n"
@@ -290,6 +296,8 @@ static int cmd_generate(int argc, char **argv) {
     kiln_gen_params p;
     kiln_gen_params_init(&p);
     const char *model_path = NULL, *output = NULL, *vae = NULL, *vocab = NULL, *backend = "cpu";
+    const char *lora_dir = NULL, *embeddings_dir = NULL, *loras[16];
+    int n_loras = 0;
     long long v;
     double d;
     int threads = 0, quiet = 0, have_prompt = 0, have_w = 0, have_h = 0;
@@ -331,6 +339,15 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--s-min-uncond")) { if (!parse_float(a, val, &d)) return 1; p.s_min_uncond = d; }
         else if (!strcmp(a, "--ensd")) { if (!parse_int(a, val, 0, 4294967295LL, &v)) return 1; p.ensd = v; }
         else if (!strcmp(a, "--vae")) vae = val;
+        else if (!strcmp(a, "--lora-dir")) lora_dir = val;
+        else if (!strcmp(a, "--embeddings-dir")) embeddings_dir = val;
+        else if (!strcmp(a, "--lora")) {
+            if (n_loras == 16) {
+                fprintf(stderr, "kiln generate: at most 16 --lora options\n");
+                return 1;
+            }
+            loras[n_loras++] = val;
+        }
         else if (!strcmp(a, "--vocab")) vocab = val;
         else if (!strcmp(a, "--backend")) backend = val;
         else if (!strcmp(a, "--threads")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; threads = (int)v; }
@@ -379,7 +396,10 @@ static int cmd_generate(int argc, char **argv) {
         kiln_image_free(&mask_img);
         return fail("generate");
     }
-    kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab};
+    p.loras = loras;
+    p.n_loras = n_loras;
+    kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab, .lora_dir = lora_dir,
+                           .embeddings_dir = embeddings_dir};
     kiln_ctx *ctx = NULL;
     if (kiln_ctx_create(m, &co, &ctx)) {
         kiln_model_free(m);
@@ -413,6 +433,79 @@ static int cmd_generate(int argc, char **argv) {
     return status;
 }
 
+/* ---- bench ---- */
+static int cmd_bench(int argc, char **argv) {
+    kiln_bench_opts o = {.backend = "cpu", .width = 512, .height = 512, .batch = 1, .steps = 20, .sampler = "Euler a",
+                         .warmup = 5, .iters = 20, .runs = 3, .log = stdout};
+    const char *model_path = NULL;
+    long long v;
+    double d;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--profile")) {
+            o.profile = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "kiln bench: %s needs a value\n", a);
+            return 1;
+        }
+        const char *val = argv[++i];
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = val;
+        else if (!strcmp(a, "--backend")) o.backend = val;
+        else if (!strcmp(a, "--sampler")) o.sampler = val;
+        else if (!strcmp(a, "-W") || !strcmp(a, "--width")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; o.width = (int)v; }
+        else if (!strcmp(a, "-H") || !strcmp(a, "--height")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; o.height = (int)v; }
+        else if (!strcmp(a, "--batch-size")) { if (!parse_int(a, val, 1, 32, &v)) return 1; o.batch = (int)v; }
+        else if (!strcmp(a, "--steps")) { if (!parse_int(a, val, 0, 10000, &v)) return 1; o.steps = (int)v; }
+        else if (!strcmp(a, "--iters")) { if (!parse_int(a, val, 1, 100000, &v)) return 1; o.iters = (int)v; }
+        else if (!strcmp(a, "--warmup")) { if (!parse_int(a, val, 0, 100000, &v)) return 1; o.warmup = (int)v; }
+        else if (!strcmp(a, "--runs")) { if (!parse_int(a, val, 1, 1000, &v)) return 1; o.runs = (int)v; }
+        else if (!strcmp(a, "--threads")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; o.threads = (int)v; }
+        else if (!strcmp(a, "--peak-tflops")) { if (!parse_float(a, val, &d)) return 1; o.peak_tflops = d; }
+        else {
+            fprintf(stderr, "kiln bench: unknown option '%s'\n", a);
+            return 1;
+        }
+    }
+    if (!model_path) {
+        fprintf(stderr, "kiln bench: -m MODEL is required (kiln mkrandom makes a benchmark model)\n");
+        return 1;
+    }
+    kiln_model *m = NULL;
+    if (kiln_model_load(model_path, NULL, &m)) return fail("bench");
+    kiln_bench_result r;
+    int rc = kiln_bench_run(m, &o, &r);
+    kiln_model_free(m);
+    if (rc) return fail("bench");
+    double ms = r.unet_gpu_median_ms > 0 ? r.unet_gpu_median_ms : r.unet_median_ms;
+    if (o.profile) {
+        printf("GFLOP per op kind:");
+        for (int k = 0; k < 32; k++)
+            if (r.kind_gflop[k] >= 1.0) printf(" %s %.1f", kiln_bench_op_name(k), r.kind_gflop[k]);
+        printf("\n");
+    }
+    printf("model            %s\n", model_path);
+    printf("backend          %s, %dx%d, batch %d (U-Net batch %d with CFG)\n", o.backend, o.width, o.height, o.batch,
+           2 * o.batch);
+    printf("unet step        %.3f ms median (wall, host copies included), %.3f ms min", r.unet_median_ms, r.unet_min_ms);
+    if (r.unet_gpu_median_ms > 0) printf(", %.3f ms GPU replay", r.unet_gpu_median_ms);
+    printf("\nunet rate        %.1f it/s, %.1f GFLOP per call, %.2f TFLOP/s", 1e3 / ms, r.unet_gflop,
+           r.unet_gflop / ms);
+    if (o.peak_tflops > 0) printf(" (%.0f%% of %.0f)", 100.0 * r.unet_gflop / ms / o.peak_tflops, o.peak_tflops);
+    printf("\n");
+    if (o.steps > 0)
+        printf("txt2img          %.1f ms total (%d steps %s): text encode %.1f ms, sampling %.1f ms, VAE decode %.1f ms\n",
+               r.total_ms, o.steps, o.sampler, r.encode_ms, r.sampling_ms, r.decode_ms);
+    printf("weights          %.2f GiB as stored\n", (double)r.weights_bytes / (1u << 30));
+    if (r.device_bytes)
+        printf("device memory    %.2f GiB in use: %.2f GiB kiln (weights, arenas, library workspaces) + %.2f GiB CUDA "
+               "context\n",
+               (double)r.device_bytes / (1u << 30), (double)(r.device_bytes - r.context_bytes) / (1u << 30),
+               (double)r.context_bytes / (1u << 30));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
@@ -426,6 +519,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "mkrandom")) return cmd_mkrandom(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "pnginfo")) return cmd_pnginfo(argc - 2, argv + 2);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc - 2, argv + 2);
     fprintf(stderr, "kiln: unknown command '%s' (try kiln help)\n", cmd);
     return 1;
 }

@@ -14,32 +14,12 @@
 #include <utf8proc.h>
 
 #include "core/error.h"
+#include "core/strbuf.h"
 
 /* ---- growing string ---- */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
+/* Appends whose failure the caller checks once, through b->oom. */
+static void sb_add(kiln_strbuf *b, const char *s, size_t n) { kiln_strbuf_add(b, s, n); }
+static void sb_str(kiln_strbuf *b, const char *s) { kiln_strbuf_add(b, s, strlen(s)); }
 
 static char *dup_n(const char *s, size_t n) {
     char *p = malloc(n + 1);
@@ -177,7 +157,7 @@ char *kiln_infotext_float(double x, int python_float, char buf[32]) {
 }
 
 /* json.dumps(s, ensure_ascii=False). */
-static void json_quote(sbuf *b, const char *s) {
+static void json_quote(kiln_strbuf *b, const char *s) {
     sb_add(b, "\"", 1);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         char esc[8];
@@ -202,7 +182,7 @@ static void json_quote(sbuf *b, const char *s) {
 }
 
 /* infotext_utils.quote: JSON-quote only values with ',', '\n' or ':'. */
-static void add_value(sbuf *b, const char *v) {
+static void add_value(kiln_strbuf *b, const char *v) {
     if (strpbrk(v, ",\n:"))
         json_quote(b, v);
     else
@@ -211,7 +191,7 @@ static void add_value(sbuf *b, const char *v) {
 
 int kiln_infotext_format_kv(const char *prompt, const char *negative_prompt, const kiln_infotext_kv *kv, int n_kv,
                             char **out) {
-    sbuf b = {0};
+    kiln_strbuf b = {0};
     sb_str(&b, prompt ? prompt : "");
     if (negative_prompt && *negative_prompt) {
         sb_str(&b, "\nNegative prompt: ");
@@ -229,15 +209,15 @@ int kiln_infotext_format_kv(const char *prompt, const char *negative_prompt, con
             add_value(&b, kv[i].value);
         }
     }
-    if (b.oom || !b.p) {
-        free(b.p);
+    if (b.oom || !b.s) {
+        free(b.s);
         return kiln_error(KILN_ENOMEM, "infotext: out of memory");
     }
     size_t s, e;
-    strip_bounds(b.p, b.len, &s, &e);
-    memmove(b.p, b.p + s, e - s);
-    b.p[e - s] = 0;
-    *out = b.p;
+    strip_bounds(b.s, b.len, &s, &e);
+    memmove(b.s, b.s + s, e - s);
+    b.s[e - s] = 0;
+    *out = b.s;
     return KILN_OK;
 }
 
@@ -331,7 +311,7 @@ int kiln_infotext_format(const kiln_infotext_params *p, char **out) {
 }
 
 int kiln_infotext_hash_list(const char *const *names, const char *const *hashes, int n, char **out) {
-    sbuf b = {0};
+    kiln_strbuf b = {0};
     for (int i = 0; i < n; i++) {
         if (!hashes[i] || !*hashes[i]) continue;
         if (b.len) sb_str(&b, ", ");
@@ -341,10 +321,10 @@ int kiln_infotext_hash_list(const char *const *names, const char *const *hashes,
         sb_str(&b, hashes[i]);
     }
     if (b.oom) {
-        free(b.p);
+        free(b.s);
         return kiln_error(KILN_ENOMEM, "infotext: out of memory");
     }
-    *out = b.p; /* NULL when nothing was added */
+    *out = b.s; /* NULL when nothing was added */
     return KILN_OK;
 }
 
@@ -413,7 +393,7 @@ static int re_param_next(const char *s, size_t n, size_t *pos, size_t kspan[2], 
     return 0;
 }
 
-static void utf8_put(sbuf *b, uint32_t c) {
+static void utf8_put(kiln_strbuf *b, uint32_t c) {
     utf8proc_uint8_t tmp[4];
     utf8proc_ssize_t k = utf8proc_encode_char((utf8proc_int32_t)c, tmp);
     sb_add(b, (const char *)tmp, (size_t)k);
@@ -434,7 +414,7 @@ static int hex4(const char *s, uint32_t *v) {
 static char *json_unquote(const char *s, size_t n, int *ok) {
     *ok = 0;
     if (n < 2 || s[0] != '"') return NULL;
-    sbuf b = {0};
+    kiln_strbuf b = {0};
     sb_add(&b, "", 0);
     size_t i = 1;
     for (;;) {
@@ -481,9 +461,9 @@ static char *json_unquote(const char *s, size_t n, int *ok) {
     if (skip_space(s, n, i + 1) != n) goto bad;
     if (b.oom) goto bad;
     *ok = 1;
-    return b.p;
+    return b.s;
 bad:
-    free(b.p);
+    free(b.s);
     return NULL;
 }
 
@@ -551,7 +531,7 @@ static int add_param(kiln_infotext *it, const char *key, size_t klen, const char
     return rc;
 }
 
-static void append_line(sbuf *b, const char *s, size_t n) {
+static void append_line(kiln_strbuf *b, const char *s, size_t n) {
     if (b->len) sb_add(b, "\n", 1);
     sb_add(b, s, n);
 }
@@ -573,7 +553,7 @@ int kiln_infotext_parse(const char *text, kiln_infotext *out) {
     while (count < 3 && re_param_next(ll, lln, &pos, ks, vs)) count++;
     int has_params = count >= 3;
 
-    sbuf prompt = {0}, neg = {0};
+    kiln_strbuf prompt = {0}, neg = {0};
     sb_add(&prompt, "", 0);
     sb_add(&neg, "", 0);
     int done_with_prompt = 0;
@@ -600,8 +580,8 @@ int kiln_infotext_parse(const char *text, kiln_infotext *out) {
         i = j + 1;
     }
     int rc = (prompt.oom || neg.oom) ? KILN_ENOMEM : KILN_OK;
-    it.prompt = prompt.p;
-    it.negative_prompt = neg.p;
+    it.prompt = prompt.s;
+    it.negative_prompt = neg.s;
     if (has_params) {
         pos = 0;
         while (rc == KILN_OK && re_param_next(ll, lln, &pos, ks, vs))
@@ -647,7 +627,7 @@ int kiln_infotext_apply_defaults(kiln_infotext *it) {
     const char *hypernet = kiln_infotext_get(it, "Hypernet");
     if (hypernet) {
         const char *strength = kiln_infotext_get(it, "Hypernet strength");
-        sbuf b = {0};
+        kiln_strbuf b = {0};
         sb_str(&b, it->prompt);
         sb_str(&b, "<hypernet:");
         sb_str(&b, hypernet);
@@ -655,11 +635,11 @@ int kiln_infotext_apply_defaults(kiln_infotext *it) {
         sb_str(&b, strength ? strength : "1.0");
         sb_str(&b, ">");
         if (b.oom) {
-            free(b.p);
+            free(b.s);
             return kiln_error(KILN_ENOMEM, "infotext: out of memory");
         }
         free(it->prompt);
-        it->prompt = b.p;
+        it->prompt = b.s;
     }
     for (size_t i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
         if (!kiln_infotext_get(it, defaults[i][0]) &&

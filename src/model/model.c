@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "core/error.h"
+#include "io/ckpt.h"
 
 const char *kiln_family_name(kiln_family f) {
     switch (f) {
@@ -65,10 +66,9 @@ int kiln_model_load(const char *path, const kiln_model_options *opts, kiln_model
     int rc;
     if (S_ISDIR(st.st_mode)) {
         rc = kiln_load_diffusers(m, path);
-    } else if (has_suffix(path, ".safetensors")) {
+    } else if (has_suffix(path, ".safetensors") || has_suffix(path, ".ckpt") || has_suffix(path, ".pt") ||
+               has_suffix(path, ".pth")) {
         rc = kiln_load_single_file(m, path);
-    } else if (has_suffix(path, ".ckpt") || has_suffix(path, ".pt") || has_suffix(path, ".pth")) {
-        rc = kiln_error(KILN_EUNSUPPORTED, "%s: .ckpt checkpoints are not supported yet; convert to .safetensors", path);
     } else {
         rc = kiln_error(KILN_EFORMAT, "%s: not a .safetensors checkpoint or a diffusers folder", path);
     }
@@ -84,8 +84,10 @@ int kiln_model_load(const char *path, const kiln_model_options *opts, kiln_model
 
 void kiln_model_free(kiln_model *m) {
     if (!m) return;
+    kiln_lora_backup_free(m->lora_backup);
     kiln_weights_free(m->weights);
     for (int i = 0; i < m->n_files; i++) kiln_st_close(m->files[i]);
+    for (int i = 0; i < m->n_ckpt_files; i++) kiln_ckpt_close(m->ckpt_files[i]);
     free(m->path);
     free(m->name);
     free(m->vocab_dir);

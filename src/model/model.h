@@ -12,6 +12,8 @@
 
 #define KILN_MODEL_MAX_FILES 16
 
+struct kiln_lora_backup; /* model/lora.c: the original tensors of LoRA-merged weights */
+
 struct kiln_model {
     char *path;                            /* what the user gave (file or folder) */
     char *name;                            /* display name (file stem / folder name), A1111 "Model:" */
@@ -19,14 +21,20 @@ struct kiln_model {
     kiln_weights *weights;                 /* canonical names -> tensors */
     int n_files;
     kiln_st_file *files[KILN_MODEL_MAX_FILES]; /* mapped files the weights point into */
+    int n_ckpt_files;
+    struct kiln_ckpt_file *ckpt_files[KILN_MODEL_MAX_FILES]; /* .ckpt checkpoints the weights point into */
     int n_ignored;                         /* tensors skipped (EMA copies, optimizer state, int tensors) */
     char *vocab_dir;                       /* diffusers tokenizer/ folder, if any (NULL otherwise) */
+    struct kiln_lora_backup *lora_backup;  /* originals of weights a LoRA changed (NULL = none changed) */
 };
+
+/* Frees the backup without restoring anything (model/lora.c); used by kiln_model_free. */
+void kiln_lora_backup_free(struct kiln_lora_backup *b);
 
 /* Opens a safetensors file and keeps it in model->files. */
 int kiln_model_open_file(struct kiln_model *m, const char *path, kiln_st_file **out);
 
-/* A1111/LDM single file: every tensor under model.diffusion_model., first_stage_model.,
+/* A1111/LDM single file (.safetensors, or a PyTorch .ckpt read without running any pickle code): every tensor under model.diffusion_model., first_stage_model.,
  * cond_stage_model. / conditioner. is added as is; CLIP keys lacking "text_model." are normalised. */
 int kiln_load_single_file(struct kiln_model *m, const char *path);
 /* A diffusers folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/): tensors renamed to LDM names. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "model/embeddings.h"
 #include "net/net.h"
 
 int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **out) {
@@ -25,7 +26,20 @@ int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **
         else
             rc = kiln_model_tokenizer(model, &ctx->tokenizer);
     }
-    if (rc == KILN_OK && opts && opts->embeddings_dir) ctx->embeddings_dir = strdup(opts->embeddings_dir);
+    if (rc == KILN_OK && opts && opts->embeddings_dir) {
+        ctx->embeddings_dir = strdup(opts->embeddings_dir);
+        rc = kiln_embeddings_load_dir(opts->embeddings_dir, kiln_embedding_width(&model->config), ctx->tokenizer,
+                                      &ctx->embeddings);
+        if (rc == KILN_OK && ctx->embeddings->n > 0) {
+            ctx->ti_refs = calloc((size_t)ctx->embeddings->n, sizeof *ctx->ti_refs);
+            ctx->ti_vectors = calloc((size_t)ctx->embeddings->n, sizeof *ctx->ti_vectors);
+            if (!ctx->ti_refs || !ctx->ti_vectors) rc = kiln_error(KILN_ENOMEM, "out of memory");
+            else {
+                kiln_embeddings_refs(ctx->embeddings, ctx->ti_refs);
+                kiln_embeddings_vectors(ctx->embeddings, ctx->ti_vectors);
+            }
+        }
+    }
     if (rc == KILN_OK && opts && opts->lora_dir) ctx->lora_dir = strdup(opts->lora_dir);
     if (rc) {
         kiln_ctx_free(ctx);
@@ -46,6 +60,9 @@ void kiln_ctx_free(kiln_ctx *ctx) {
     }
     free(ctx->plans);
     kiln_backend_destroy(ctx->backend);
+    kiln_embeddings_free(ctx->embeddings);
+    free(ctx->ti_refs);
+    free(ctx->ti_vectors);
     kiln_tokenizer_free(ctx->tokenizer);
     free(ctx->embeddings_dir);
     free(ctx->lora_dir);
@@ -61,6 +78,13 @@ static int build(kiln_ctx *ctx, kiln_plan *p, kiln_net_kind kind, int batch, int
     case KILN_NET_VAE_ENCODER: return kiln_build_vae_encoder(p, &c->vae, batch, h, w);
     }
     return kiln_error(KILN_EINVAL, "unknown network kind %d", (int)kind);
+}
+
+uint64_t kiln_ctx_weights_stamp(const kiln_ctx *ctx) {
+    uint64_t stamp = 0;
+    const kiln_weights *w = ctx->model->weights;
+    for (int i = 0; i < w->n; i++) stamp += w->items[i].version;
+    return stamp;
 }
 
 int kiln_ctx_plan(kiln_ctx *ctx, kiln_net_kind kind, int batch, int h, int w, int extra, kiln_cached_plan **out) {
@@ -89,6 +113,7 @@ int kiln_ctx_plan(kiln_ctx *ctx, kiln_net_kind kind, int batch, int h, int w, in
     }
     if (rc == KILN_OK) {
         kiln_plan_io_order(cp.plan, cp.in_slots, &cp.n_in, cp.out_slots, &cp.n_out);
+        cp.weights_stamp = kiln_ctx_weights_stamp(ctx);
         rc = ctx->backend->ops->compile(ctx->backend, cp.plan, &cp.compiled);
     }
     if (rc) {
@@ -103,9 +128,17 @@ int kiln_ctx_plan(kiln_ctx *ctx, kiln_net_kind kind, int batch, int h, int w, in
 }
 
 int kiln_ctx_run(kiln_ctx *ctx, kiln_cached_plan *cp, int n, const char *const *names, void *const *bufs) {
+    uint64_t stamp = kiln_ctx_weights_stamp(ctx);
+    if (stamp != cp->weights_stamp) { /* weights changed since compile (LoRA): compile again */
+        if (cp->compiled) ctx->backend->ops->free_compiled(cp->compiled);
+        cp->compiled = NULL;
+        KILN_TRY(ctx->backend->ops->compile(ctx->backend, cp->plan, &cp->compiled));
+        cp->weights_stamp = stamp;
+    }
     const void *inputs[16];
     void *outputs[16];
     if (cp->n_in > 16 || cp->n_out > 16) return kiln_error(KILN_EINVAL, "plan has too many inputs/outputs");
+    if (!cp->compiled) return kiln_error(KILN_EBACKEND, "plan could not be compiled");
     for (int i = 0; i < cp->n_in + cp->n_out; i++) {
         int slot = i < cp->n_in ? cp->in_slots[i] : cp->out_slots[i - cp->n_in];
         const char *name = cp->plan->slots[slot].name;

@@ -7,6 +7,7 @@
 #include "kiln.h"
 #include "model/model.h"
 #include "plan/plan.h"
+#include "text/chunker.h"
 
 typedef enum kiln_net_kind { KILN_NET_CLIP, KILN_NET_UNET, KILN_NET_VAE_DECODER, KILN_NET_VAE_ENCODER } kiln_net_kind;
 
@@ -18,6 +19,8 @@ typedef struct kiln_cached_plan {
     kiln_compiled *compiled;
     int n_in, n_out;
     int *in_slots, *out_slots;     /* the backend's buffer order */
+    uint64_t weights_stamp;        /* kiln_ctx_weights_stamp() when compiled: a LoRA merge or restore changes it,
+                                      and the plan is compiled again so no backend runs with stale weights */
 } kiln_cached_plan;
 
 struct kiln_ctx {
@@ -27,9 +30,15 @@ struct kiln_ctx {
     char *embeddings_dir, *lora_dir;
     int n_plans, cap_plans;
     kiln_cached_plan *plans;
+    struct kiln_embeddings *embeddings; /* textual inversions from embeddings_dir (NULL = none) */
+    kiln_embedding_ref *ti_refs;   /* their chunker view, and */
+    const float **ti_vectors;      /* their vectors, in the same order */
     char model_hash[11];           /* A1111 "Model hash", computed on first use (hashing a checkpoint takes seconds) */
     int model_hash_done;
 };
+
+/* Sum of the weight store's versions: changes whenever a tensor's values change. */
+uint64_t kiln_ctx_weights_stamp(const kiln_ctx *ctx);
 
 /* The compiled plan for a network at a shape, built and compiled on first use. */
 int kiln_ctx_plan(kiln_ctx *ctx, kiln_net_kind kind, int batch, int h, int w, int extra, kiln_cached_plan **out);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "model/embeddings.h"
 #include "pipeline/denoiser.h"
 #include "pipeline/hires.h"
 #include "pipeline/mask.h"
@@ -238,9 +239,12 @@ int kiln_img2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const kiln_img2
     float *noise = malloc(sizeof(float) * n);
     int rc = noise ? kiln_image_rng_create(&ro, &st.rng) : kiln_error(KILN_ENOMEM, "out of memory");
     if (rc == KILN_OK) kiln_image_rng_next(st.rng, noise); /* draw 0 */
+    double t0 = kiln_now(), t1 = t0;
     if (rc == KILN_OK) {
+        kiln_ti_set ti = {ctx->embeddings ? ctx->embeddings->n : 0, ctx->ti_refs, ctx->ti_vectors};
         rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, run->cond_steps,
-                                    run->cond_hires_steps, p->clip_skip, NULL);
+                                    run->cond_hires_steps, p->clip_skip, ti.n ? &ti : NULL);
+        t1 = kiln_now();
         den.batch = batch;
         den.channels = C;
         den.lat_h = h;
@@ -270,6 +274,8 @@ int kiln_img2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const kiln_img2
         for (size_t i = 0; i < n; i++)
             latents[i] = latents[i] * run->nmask[i] + run->init_latent[i] * (1.0f - run->nmask[i]);
     if (trace) {
+        trace->encode_s = t1 - t0;
+        trace->sample_s = kiln_now() - t1;
         trace->sampler = s;
         trace->scheduler_label = kiln_scheduler_get(automatic ? KILN_SCHED_AUTOMATIC : sched_id)->label;
         trace->noise = noise;

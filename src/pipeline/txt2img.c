@@ -5,11 +5,13 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/error.h"
 #include "core/sha256.h"
 #include "io/image.h"
 #include "io/infotext.h"
+#include "model/embeddings.h"
 #include "pipeline/denoiser.h"
 #include "sample/brownian.h"
 #include "sample/schedulers.h"
@@ -35,6 +37,12 @@ void kiln_gen_params_init(kiln_gen_params *p) {
     p->inpainting_fill = 1;
     p->hr_upscaler = "Latent";
     p->inpaint_full_res_padding = 32;
+}
+
+double kiln_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 void kiln_sample_trace_free(kiln_sample_trace *t) {
@@ -157,8 +165,12 @@ int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *
         trace->noise = malloc(sizeof(float) * n);
         if (trace->noise) memcpy(trace->noise, latents, sizeof(float) * n);
     }
+    double t0 = kiln_now(), t1 = t0;
     if (rc == KILN_OK) {
-        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, p->steps, 0, p->clip_skip, NULL);
+        kiln_ti_set ti = {ctx->embeddings ? ctx->embeddings->n : 0, ctx->ti_refs, ctx->ti_vectors};
+        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, p->steps, 0, p->clip_skip,
+                                    ti.n ? &ti : NULL);
+        t1 = kiln_now();
         den.batch = batch;
         den.channels = C;
         den.lat_h = h;
@@ -204,6 +216,8 @@ int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *
         }
     }
     if (trace) {
+        trace->encode_s = t1 - t0;
+        trace->sample_s = kiln_now() - t1;
         trace->sampler = s;
         trace->scheduler_label = kiln_scheduler_get(sched_id)->label;
         if (automatic) trace->scheduler_label = kiln_scheduler_get(KILN_SCHED_AUTOMATIC)->label;
@@ -220,17 +234,89 @@ int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *
     return rc;
 }
 
+/* Latents above this many positions (1024x1024 pixels) are decoded in overlapping tiles, so a 2048x2048 or larger
+ * image needs no more memory than a 768x768 one. Below it the decode is whole, exactly as A1111's. */
+#define KILN_VAE_TILE_THRESHOLD (128 * 128)
+#define KILN_VAE_TILE 96    /* latent positions per tile side (768 px) */
+#define KILN_VAE_OVERLAP 16 /* latent positions two neighbouring tiles share, cross-faded */
+
+/* Tile starts along an axis of n positions: every KILN_VAE_TILE - KILN_VAE_OVERLAP, the last flush with the end. */
+static int tile_starts(int n, int *starts) {
+    int t = n < KILN_VAE_TILE ? n : KILN_VAE_TILE, k = 0;
+    for (int s = 0;; s += KILN_VAE_TILE - KILN_VAE_OVERLAP) {
+        if (s + t >= n) {
+            starts[k++] = n - t;
+            return k;
+        }
+        starts[k++] = s;
+    }
+}
+
+/* Cross-fade weight of pixel i (of n) in a tile: ramps up over the overlap at sides that have a neighbour. */
+static float ramp(int i, int n, int has_before, int has_after) {
+    const int o = KILN_VAE_OVERLAP * 8;
+    float w = 1.0f;
+    if (has_before && i < o) w = (float)(i + 1) / (float)(o + 1);
+    if (has_after && n - 1 - i < o) {
+        float v = (float)(n - i) / (float)(o + 1);
+        if (v < w) w = v;
+    }
+    return w;
+}
+
+/* Decodes one image's latent [C, h, w] into img [3, 8h, 8w], in tiles. */
+static int decode_tiled(kiln_ctx *ctx, const float *lat, int C, int h, int w, float *img) {
+    int ys[512], xs[512];
+    int ny = tile_starts(h, ys), nx = tile_starts(w, xs);
+    const int th = h < KILN_VAE_TILE ? h : KILN_VAE_TILE, tw = w < KILN_VAE_TILE ? w : KILN_VAE_TILE;
+    const int H = 8 * h, W = 8 * w, TH = 8 * th, TW = 8 * tw;
+    kiln_cached_plan *cp = NULL;
+    KILN_TRY(kiln_ctx_plan(ctx, KILN_NET_VAE_DECODER, 1, th, tw, 0, &cp));
+    float *tl = malloc(sizeof(float) * (size_t)C * th * tw), *ti = malloc(sizeof(float) * 3 * (size_t)TH * TW),
+          *wsum = calloc((size_t)H * W, sizeof(float));
+    int rc = tl && ti && wsum ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory decoding a %dx%d image", W, H);
+    if (rc == KILN_OK) memset(img, 0, sizeof(float) * 3 * (size_t)H * W);
+    for (int a = 0; rc == KILN_OK && a < ny; a++)
+        for (int b = 0; rc == KILN_OK && b < nx; b++) {
+            for (int c = 0; c < C; c++)
+                for (int y = 0; y < th; y++)
+                    memcpy(tl + ((size_t)c * th + y) * tw, lat + ((size_t)c * h + ys[a] + y) * w + xs[b], sizeof(float) * tw);
+            const char *names[2] = {"latent", "image"};
+            void *bufs[2] = {tl, ti};
+            rc = kiln_ctx_run(ctx, cp, 2, names, bufs);
+            for (int y = 0; rc == KILN_OK && y < TH; y++) {
+                float wy = ramp(y, TH, a > 0, a < ny - 1);
+                for (int x = 0; x < TW; x++) {
+                    float wt = wy * ramp(x, TW, b > 0, b < nx - 1);
+                    size_t o = (size_t)(8 * ys[a] + y) * W + 8 * xs[b] + x;
+                    wsum[o] += wt;
+                    for (int c = 0; c < 3; c++) img[(size_t)c * H * W + o] += wt * ti[((size_t)c * TH + y) * TW + x];
+                }
+            }
+        }
+    for (size_t i = 0; rc == KILN_OK && i < (size_t)H * W; i++)
+        for (int c = 0; c < 3; c++) img[(size_t)c * H * W + i] /= wsum[i];
+    free(tl), free(ti), free(wsum);
+    return rc;
+}
+
 int kiln_decode_latents(kiln_ctx *ctx, const float *latents, int batch, int h, int w, float *image, uint8_t *rgb) {
     const int C = ctx->model->config.vae.z_channels, H = h * 8, W = w * 8;
+    const int tiled = h * w > KILN_VAE_TILE_THRESHOLD;
     kiln_cached_plan *cp = NULL;
-    KILN_TRY(kiln_ctx_plan(ctx, KILN_NET_VAE_DECODER, 1, h, w, 0, &cp));
+    if (!tiled) KILN_TRY(kiln_ctx_plan(ctx, KILN_NET_VAE_DECODER, 1, h, w, 0, &cp));
     float *img = malloc(sizeof(float) * 3 * H * W);
     if (!img) return kiln_error(KILN_ENOMEM, "out of memory decoding a %dx%d image", W, H);
     int rc = KILN_OK;
     for (int b = 0; rc == KILN_OK && b < batch; b++) {
-        const char *names[2] = {"latent", "image"};
-        void *bufs[2] = {(void *)(latents + (size_t)b * C * h * w), img};
-        rc = kiln_ctx_run(ctx, cp, 2, names, bufs);
+        const float *lat = latents + (size_t)b * C * h * w;
+        if (tiled) {
+            rc = decode_tiled(ctx, lat, C, h, w, img);
+        } else {
+            const char *names[2] = {"latent", "image"};
+            void *bufs[2] = {(void *)lat, img};
+            rc = kiln_ctx_run(ctx, cp, 2, names, bufs);
+        }
         if (rc) break;
         if (image) memcpy(image + (size_t)b * 3 * H * W, img, sizeof(float) * 3 * H * W);
         if (rgb) {

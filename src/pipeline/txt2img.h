@@ -14,8 +14,12 @@ typedef struct kiln_sample_trace {
     double *sigmas;                /* k-diffusion samplers: the sigma list (malloc'ed) */
     int n_sigmas;
     int n_calls;                   /* denoiser calls */
+    double encode_s, sample_s;     /* wall-clock seconds: prompt encoding, sampling */
 } kiln_sample_trace;
 void kiln_sample_trace_free(kiln_sample_trace *t);
+
+/* Monotonic wall-clock seconds. */
+double kiln_now(void);
 
 /* Validates p (every field, with a message naming it). */
 int kiln_gen_params_check(const kiln_ctx *ctx, const kiln_gen_params *p);

@@ -5,6 +5,7 @@
 #include "text/prompt_parser.h"
 
 #include "core/error.h"
+#include "core/strbuf.h"
 #include "text/pytext.h"
 
 #include <math.h>
@@ -13,25 +14,6 @@
 
 /* ---- small growable buffers ------------------------------------------------------------------ */
 
-typedef struct strbuf {
-    char *s;
-    size_t n, cap;
-} strbuf;
-
-static int sb_add(strbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return kiln_error(KILN_ENOMEM, "out of memory building a prompt string");
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-    return 0;
-}
 
 static char *str_dup_n(const char *s, size_t n) {
     char *p = malloc(n + 1);
@@ -265,8 +247,8 @@ int kiln_prompt_parse_attention(const char *text, kiln_prompt_fragments *out) {
         int e = k + 1;
         while (e < res.n && res.items[e].weight == res.items[k].weight) e++;
         if (e > k + 1) {
-            strbuf b = {0};
-            for (int j = k; rc == 0 && j < e; j++) rc = sb_add(&b, res.items[j].text, strlen(res.items[j].text));
+            kiln_strbuf b = {0};
+            for (int j = k; rc == 0 && j < e; j++) rc = kiln_strbuf_add(&b, res.items[j].text, strlen(res.items[j].text));
             if (rc) {
                 free(b.s);
                 break;

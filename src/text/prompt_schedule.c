@@ -17,6 +17,7 @@
  * construct is a stray character. A '|' outside a valid alternation, or a backslash at the end or
  * before a newline, makes the whole parse fail, and A1111 then uses the prompt unchanged. */
 #include "core/error.h"
+#include "core/strbuf.h"
 #include "text/prompt_parser.h"
 #include "text/pytext.h"
 
@@ -357,32 +358,13 @@ static int collect(const parser *P, seq *q, sched_ctx *C) {
     return 0;
 }
 
-typedef struct outbuf {
-    char *s;
-    size_t n, cap;
-} outbuf;
-
-static int out_add(outbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return kiln_error(KILN_ENOMEM, "out of memory building a scheduled prompt");
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-    return 0;
-}
 
 /* A1111's AtStep transformer: the text of the tree at `step`. */
-static int render(const parser *P, const seq *q, int step, outbuf *b) {
+static int render(const parser *P, const seq *q, int step, kiln_strbuf *b) {
     for (int k = 0; k < q->n; k++) {
         const node *nd = &q->v[k];
         if (nd->kind == N_TEXT) {
-            KILN_TRY(out_add(b, P->s + nd->a, nd->b - nd->a));
+            KILN_TRY(kiln_strbuf_add(b, P->s + nd->a, nd->b - nd->a));
         } else if (nd->kind == N_SCHED) {
             if (step <= nd->when) {
                 if (nd->has_before) KILN_TRY(render(P, &nd->subs[0], step, b));
@@ -449,8 +431,8 @@ int kiln_prompt_get_schedule(const char *prompt, const kiln_prompt_schedule_opti
         rc = collect(&P, &tree, &C);
         for (int t = 1; rc == 0 && t <= C.steps; t++) {
             if (!C.used[t]) continue;
-            outbuf b = {0};
-            rc = out_add(&b, "", 0);
+            kiln_strbuf b = {0};
+            rc = kiln_strbuf_add(&b, "", 0);
             if (rc == 0) rc = render(&P, &tree, t, &b);
             if (rc == 0) rc = entry_push(out, t, b.s);
             else free(b.s);

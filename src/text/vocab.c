@@ -20,7 +20,7 @@
 /* CLIP uses the first 49152 - 256 - 2 lines after the header as merges. */
 #define CLIP_N_MERGES (49152 - 256 - 2)
 #define VOCAB_MAX_FILE (256u << 20) /* refuse absurd files instead of exhausting memory */
-#define VOCAB_MAX_IDS (1 << 24)
+#define VOCAB_MAX_IDS (1 << 20) /* CLIP has 49408; refuse ids that would need huge tables */
 
 /* ---- the byte <-> character map of GPT-2/CLIP (bytes_to_unicode) --------------------------- */
 
@@ -259,8 +259,8 @@ static int find_fixed_ids(kiln_vocab *v, const char *path) {
         v->byte_id[b] = kiln_vocab_lookup(v, s, n);
         v->byte_end_id[b] = kiln_vocab_lookup(v, s, n + 4);
         if (v->byte_id[b] < 0 || v->byte_end_id[b] < 0)
-            return kiln_error(KILN_EFORMAT, "%s: the byte token \"%s\" (byte 0x%02x) is missing", path,
-                              v->byte_id[b] < 0 ? (s[n] = '\0', s) : s, (unsigned)b);
+            return kiln_error(KILN_EFORMAT, "%s: the token for byte 0x%02x%s (U+%04X) is missing", path, (unsigned)b,
+                              v->byte_id[b] < 0 ? "" : " + </w>", (unsigned)ch[b]);
     }
     v->bos_id = kiln_vocab_lookup(v, "<|startoftext|>", 15);
     v->eos_id = kiln_vocab_lookup(v, "<|endoftext|>", 13);

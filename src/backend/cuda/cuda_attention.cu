@@ -5,15 +5,16 @@
 // double-buffered); S = Q K^T and O += P V run on tensor cores (mma.sync m16n8k16, fp32
 // accumulation); the softmax is online (running max and sum per row), so no score matrix is
 // ever stored. Head dims that are not a multiple of 16 (40) are zero-padded in shared memory.
+// The probabilities are exponentiated in fp16 pairs (ex2.approx.f16x2, two per instruction): they
+// enter P V as fp16 anyway, and the row sums add exactly the rounded values used.
 //
 // Fallback (any head dim): scores through cuBLAS into fp32 scratch, a softmax kernel, then P V.
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "backend/cuda/cuda_internal.h"
 
-#define KC_FA_BQ 64
-#define KC_FA_BKV 64
 #define KC_FA_THREADS 128
 
 __device__ __forceinline__ uint32_t kc_smem_addr(const void *p) {
@@ -50,49 +51,63 @@ __device__ __forceinline__ uint32_t kc_pack_half2(float lo, float hi) {
     return *(uint32_t *)&h;
 }
 
-// D: head dim (multiple of 8). DP: D rounded up to 16. Shared rows have DP + 8 halves (16-byte
+__device__ __forceinline__ uint32_t kc_ex2_half2(float a, float b) {  // (2^a, 2^b) as fp16, one MUFU op
+    __half2 h = __floats2half2_rn(a, b);
+    uint32_t in = *(uint32_t *)&h, out;
+    asm("ex2.approx.f16x2 %0, %1;\n" : "=r"(out) : "r"(in));
+    return out;
+}
+
+// D: head dim (multiple of 8). DP: D rounded up to 16. MT: 16-row query tiles per warp (the K/V
+// fragments loaded from shared memory serve MT tiles). Shared rows have DP + 8 halves (16-byte
 // aligned rows, and the +8 staggers rows across banks for ldmatrix).
-template <int D>
-__global__ void __launch_bounds__(KC_FA_THREADS)
+template <int D, int MT, int BKV>
+__global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 blocks per SM fill one wave
     kc_flash_kernel(const kc_half *__restrict__ q, const kc_half *__restrict__ k, const kc_half *__restrict__ v,
                     kc_half *__restrict__ o, int H, int Lq, int Lk, long long ldq, long long ldk, long long ldv,
                     long long ldo, float scale_log2, int causal) {
+    constexpr int BQ = 64 * MT;         // 4 warps x MT x 16 rows
     constexpr int DP = (D + 15) / 16 * 16;
     constexpr int PITCH = DP + 8;
     constexpr int KSTEPS = DP / 16;     // k-steps of S = Q K^T over the head dim
     constexpr int DTILES = D / 8;       // n-tiles of O over the head dim
     constexpr int CHUNKS = D / 8;       // 16-byte chunks per row
+    constexpr int NT = BKV / 8;   // n-tiles of S over the kv tile
     extern __shared__ __align__(16) kc_half smem[];
     kc_half *sQ = smem;                                 // [BQ][PITCH]
-    kc_half *sK = sQ + KC_FA_BQ * PITCH;                // [2][BKV][PITCH]
-    kc_half *sV = sK + 2 * KC_FA_BKV * PITCH;           // [2][BKV][PITCH]
+    kc_half *sK = sQ + BQ * PITCH;                      // [2][BKV][PITCH]
+    kc_half *sV = sK + 2 * BKV * PITCH;           // [2][BKV][PITCH]
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    const int qb = blockIdx.x * KC_FA_BQ, h = blockIdx.y, b = blockIdx.z;
+    const int qb = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
     const kc_half *qg = q + (size_t)b * Lq * ldq + (size_t)h * D;
     const kc_half *kg = k + (size_t)b * Lk * ldk + (size_t)h * D;
     const kc_half *vg = v + (size_t)b * Lk * ldv + (size_t)h * D;
 
-    // Zero the padding columns D..DP of Q and K (they enter the dot products).
+    // Zero the padding columns D..DP of Q and K (they enter the dot products). When D % 16 == 8,
+    // V's padding tile holds a column of ones: the P V product then also yields the row sums of P,
+    // on the tensor cores instead of 32 additions per thread and tile.
+    constexpr bool SUM_BY_MMA = DP != D;
     if (DP != D) {
-        for (int r = tid; r < KC_FA_BQ + 2 * KC_FA_BKV; r += KC_FA_THREADS) {
-            kc_half *row = r < KC_FA_BQ ? sQ + r * PITCH : sK + (r - KC_FA_BQ) * PITCH;
-            for (int c = D; c < DP; c++) row[c] = __float2half(0.0f);
+        for (int r = tid; r < BQ + 4 * BKV; r += KC_FA_THREADS) {
+            kc_half *row = r < BQ ? sQ + r * PITCH : sK + (r - BQ) * PITCH;  // sK is followed by sV
+            bool is_v = r >= BQ + 2 * BKV;
+            for (int c = D; c < DP; c++) row[c] = __float2half(is_v && c == D ? 1.0f : 0.0f);
         }
     }
-    for (int i = tid; i < KC_FA_BQ * CHUNKS; i += KC_FA_THREADS) {
+    for (int i = tid; i < BQ * CHUNKS; i += KC_FA_THREADS) {
         int r = i / CHUNKS, c = (i % CHUNKS) * 8;
         bool ok = qb + r < Lq;
         kc_cp_async16(sQ + r * PITCH + c, qg + (size_t)(ok ? qb + r : 0) * ldq + c, ok);
     }
     int kv_end = Lk;
-    if (causal) kv_end = min(Lk, qb + KC_FA_BQ);
-    const int n_tiles = (kv_end + KC_FA_BKV - 1) / KC_FA_BKV;
+    if (causal) kv_end = min(Lk, qb + BQ);
+    const int n_tiles = (kv_end + BKV - 1) / BKV;
     auto load_kv = [&](int tile, int buf) {
-        int k0 = tile * KC_FA_BKV;
-        kc_half *dk = sK + buf * KC_FA_BKV * PITCH, *dv = sV + buf * KC_FA_BKV * PITCH;
-        for (int i = tid; i < KC_FA_BKV * CHUNKS; i += KC_FA_THREADS) {
+        int k0 = tile * BKV;
+        kc_half *dk = sK + buf * BKV * PITCH, *dv = sV + buf * BKV * PITCH;
+        for (int i = tid; i < BKV * CHUNKS; i += KC_FA_THREADS) {
             int r = i / CHUNKS, c = (i % CHUNKS) * 8;
             bool ok = k0 + r < Lk;
             size_t row = ok ? k0 + r : 0;
@@ -103,92 +118,114 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
     if (n_tiles > 0) load_kv(0, 0);
     kc_cp_commit();
 
-    float acc[DTILES][4];
+    constexpr int ATILES = SUM_BY_MMA ? DTILES + 1 : DTILES;  // + the row-sum tile
+    float acc[MT][ATILES][4];
+    float m_run[MT][2], l_run[MT][2];
 #pragma unroll
-    for (int i = 0; i < DTILES; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-    const int row0 = qb + warp * 16 + g;  // this thread's two query rows: row0 and row0 + 8
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < ATILES; i++) acc[mt][i][0] = acc[mt][i][1] = acc[mt][i][2] = acc[mt][i][3] = 0.0f;
+        m_run[mt][0] = m_run[mt][1] = -INFINITY;
+        l_run[mt][0] = l_run[mt][1] = 0.0f;
+    }
+    const int wrow = warp * 16 * MT;  // first query row of this warp within the block
 
     for (int j = 0; j < n_tiles; j++) {
         if (j + 1 < n_tiles) load_kv(j + 1, (j + 1) & 1);
         kc_cp_commit();
         kc_cp_wait<1>();
         __syncthreads();
-        const kc_half *cK = sK + (j & 1) * KC_FA_BKV * PITCH, *cV = sV + (j & 1) * KC_FA_BKV * PITCH;
+        const kc_half *cK = sK + (j & 1) * BKV * PITCH, *cV = sV + (j & 1) * BKV * PITCH;
 
-        // S = Q K^T for this warp's 16 rows x 64 kv columns (8 n-tiles)
-        float s[KC_FA_BKV / 8][4];
+        // S = Q K^T: MT x 16 rows by 64 kv columns
+        float s[MT][NT][4];
 #pragma unroll
-        for (int i = 0; i < KC_FA_BKV / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int i = 0; i < NT; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
 #pragma unroll
         for (int ks = 0; ks < KSTEPS; ks++) {
-            uint32_t a[4];
-            kc_ldmatrix_x4(a, sQ + (warp * 16 + (lane % 16)) * PITCH + ks * 16 + (lane / 16) * 8);
+            uint32_t a[MT][4];
 #pragma unroll
-            for (int nt = 0; nt < KC_FA_BKV / 8; nt += 2) {
+            for (int mt = 0; mt < MT; mt++)
+                kc_ldmatrix_x4(a[mt], sQ + (wrow + mt * 16 + (lane % 16)) * PITCH + ks * 16 + (lane / 16) * 8);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt += 2) {
                 uint32_t bb[4];
                 kc_ldmatrix_x4(bb, cK + (nt * 8 + (lane % 8) + (lane / 16) * 8) * PITCH + ks * 16 +
                                        ((lane / 8) % 2) * 8);
-                kc_mma16816(s[nt], a, bb[0], bb[1]);
-                kc_mma16816(s[nt + 1], a, bb[2], bb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    kc_mma16816(s[mt][nt], a[mt], bb[0], bb[1]);
+                    kc_mma16816(s[mt][nt + 1], a[mt], bb[2], bb[3]);
+                }
             }
         }
-        // mask, scale (log2 domain), running max
-        const int kv0 = j * KC_FA_BKV;
-        float mx[2] = {-INFINITY, -INFINITY};
+        const int kv0 = j * BKV;
+        const bool need_mask = kv0 + BKV > Lk || (causal && kv0 + BKV > qb);
+        uint32_t pk[MT][NT][2];  // P as fp16 pairs: the A fragments of P V
 #pragma unroll
-        for (int nt = 0; nt < KC_FA_BKV / 8; nt++) {
+        for (int mt = 0; mt < MT; mt++) {
+            const int row0 = qb + wrow + mt * 16 + g;  // this thread's rows: row0 and row0 + 8
+            float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int col = kv0 + nt * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
-                float val = s[nt][e] * scale_log2;
-                if (col >= Lk || (causal && col > row)) val = -INFINITY;
-                s[nt][e] = val;
-                mx[e >> 1] = fmaxf(mx[e >> 1], val);
+            for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    if (need_mask) {
+                        int col = kv0 + nt * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
+                        if (col >= Lk || (causal && col > row)) s[mt][nt][e] = -INFINITY;
+                    }
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[mt][nt][e]);
+                }
+            }
+            // m_run is kept in scaled log2 units; p = 2^(s * scale_log2 - m): one FFMA per score
+            float alpha[2], m_use[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                float m_new = fmaxf(m_run[mt][r], mx[r] * scale_log2);
+                m_use[r] = m_new == -INFINITY ? 0.0f : m_new;  // a fully masked row gives p = 0, not NaN
+                alpha[r] = exp2f(m_run[mt][r] - m_use[r]);
+                m_run[mt][r] = m_new;
+            }
+            float rs[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    pk[mt][nt][r] = kc_ex2_half2(fmaf(s[mt][nt][2 * r], scale_log2, -m_use[r]),
+                                                 fmaf(s[mt][nt][2 * r + 1], scale_log2, -m_use[r]));
+                    if (!SUM_BY_MMA) {
+                        float2 f = __half22float2(*(const __half2 *)&pk[mt][nt][r]);
+                        rs[r] += f.x + f.y;  // sum the rounded values the product uses
+                    }
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++) l_run[mt][r] = l_run[mt][r] * alpha[r] + rs[r];
+#pragma unroll
+            for (int i = 0; i < ATILES; i++) {
+                acc[mt][i][0] *= alpha[0], acc[mt][i][1] *= alpha[0];
+                acc[mt][i][2] *= alpha[1], acc[mt][i][3] *= alpha[1];
             }
         }
-        float alpha[2];
+        // O += P V
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            float m_new = fmaxf(m_run[r], mx[r]);
-            alpha[r] = m_new == -INFINITY ? 1.0f : exp2f(m_run[r] - m_new);
-            m_run[r] = m_new;
-        }
-        float rs[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int nt = 0; nt < KC_FA_BKV / 8; nt++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float m = m_run[e >> 1];
-                float p = m == -INFINITY ? 0.0f : exp2f(s[nt][e] - m);
-                s[nt][e] = p;
-                rs[e >> 1] += p;
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; r++) l_run[r] = l_run[r] * alpha[r] + rs[r];
-#pragma unroll
-        for (int i = 0; i < DTILES; i++) {
-            acc[i][0] *= alpha[0], acc[i][1] *= alpha[0];
-            acc[i][2] *= alpha[1], acc[i][3] *= alpha[1];
-        }
-        // O += P V: P's accumulator fragments are already the A fragments of the next product.
-#pragma unroll
-        for (int kk = 0; kk < KC_FA_BKV / 16; kk++) {
-            uint32_t a[4];
-            a[0] = kc_pack_half2(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = kc_pack_half2(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = kc_pack_half2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = kc_pack_half2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        for (int kk = 0; kk < BKV / 16; kk++) {
 #pragma unroll
             for (int dt = 0; dt < DTILES; dt += 2) {
                 uint32_t bb[4];
                 kc_ldmatrix_x4_trans(bb, cV + (kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * PITCH + dt * 8 +
                                              (lane / 16) * 8);
-                kc_mma16816(acc[dt], a, bb[0], bb[1]);
-                if (dt + 1 < DTILES) kc_mma16816(acc[dt + 1], a, bb[2], bb[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    uint32_t a[4] = {pk[mt][2 * kk][0], pk[mt][2 * kk][1], pk[mt][2 * kk + 1][0],
+                                     pk[mt][2 * kk + 1][1]};
+                    kc_mma16816(acc[mt][dt], a, bb[0], bb[1]);
+                    if (dt + 1 < ATILES) kc_mma16816(acc[mt][dt + 1], a, bb[2], bb[3]);
+                }
             }
         }
         __syncthreads();  // the buffer just read is the next load's target
@@ -197,19 +234,26 @@ __global__ void __launch_bounds__(KC_FA_THREADS)
 
     // row sums across the 4 threads of a row, then write O / l
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 1);
-        l_run[r] += __shfl_xor_sync(0xffffffffu, l_run[r], 2);
-    }
+    for (int mt = 0; mt < MT; mt++) {
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int row = row0 + r * 8;
-        if (row >= Lq) continue;
-        float inv = l_run[r] > 0.0f ? 1.0f / l_run[r] : 0.0f;
-        kc_half *orow = o + ((size_t)b * Lq + row) * ldo + (size_t)h * D;
+        for (int r = 0; r < 2; r++) {
+            float l;
+            if (SUM_BY_MMA) {  // column D of the sum tile sits with the row's t == 0 thread
+                l = __shfl_sync(0xffffffffu, acc[mt][ATILES - 1][2 * r], lane & ~3);
+            } else {
+                l = l_run[mt][r];
+                l += __shfl_xor_sync(0xffffffffu, l, 1);
+                l += __shfl_xor_sync(0xffffffffu, l, 2);
+            }
+            int row = qb + wrow + mt * 16 + g + r * 8;
+            if (row >= Lq) continue;
+            float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            kc_half *orow = o + ((size_t)b * Lq + row) * ldo + (size_t)h * D;
 #pragma unroll
-        for (int dt = 0; dt < DTILES; dt++)
-            *(__half2 *)&orow[dt * 8 + 2 * t] = __floats2half2_rn(acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv);
+            for (int dt = 0; dt < DTILES; dt++)
+                *(__half2 *)&orow[dt * 8 + 2 * t] =
+                    __floats2half2_rn(acc[mt][dt][2 * r] * inv, acc[mt][dt][2 * r + 1] * inv);
+        }
     }
 }
 
@@ -221,16 +265,36 @@ template <int D>
 static int kc_flash_launch(cudaStream_t s, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
                            int H, int Lq, int Lk, long long ldq, long long ldk, long long ldv, long long ldo,
                            float scale, int causal) {
+    // Two query tiles per warp where the registers allow it (small heads): halves the shared-memory
+    // traffic of K and V per tensor-core op. KILN_FA_MT1 forces one (for A/B timing).
     constexpr int DP = (D + 15) / 16 * 16;
-    size_t smem = (size_t)(KC_FA_BQ + 4 * KC_FA_BKV) * (DP + 8) * sizeof(kc_half);
-    static bool configured = false;  // the attribute is per kernel; setting it twice is harmless
-    if (!configured) {
-        KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        configured = true;
+    static int mt1 = -1;
+    if (mt1 < 0) mt1 = getenv("KILN_FA_MT1") != NULL;
+    if (D <= 64 && !mt1) {  // 128 query rows per block, kv tiles of 32 (registers for 4 blocks per SM)
+        constexpr int MT = 2, BKV = 32;
+        size_t smem = (size_t)(64 * MT + 4 * BKV) * (DP + 8) * sizeof(kc_half);
+        static bool configured = false;  // the attribute is per kernel; setting it twice is harmless
+        if (!configured) {
+            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, MT, BKV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem));
+            configured = true;
+        }
+        dim3 grid((Lq + 64 * MT - 1) / (64 * MT), H, B);
+        kc_flash_kernel<D, MT, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
+                                                                      scale * 1.4426950408889634f, causal);
+    } else {
+        constexpr int BKV = 64;
+        size_t smem = (size_t)(64 + 4 * BKV) * (DP + 8) * sizeof(kc_half);
+        static bool configured = false;
+        if (!configured) {
+            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, 1, BKV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem));
+            configured = true;
+        }
+        dim3 grid((Lq + 63) / 64, H, B);
+        kc_flash_kernel<D, 1, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
+                                                                     scale * 1.4426950408889634f, causal);
     }
-    dim3 grid((Lq + KC_FA_BQ - 1) / KC_FA_BQ, H, B);
-    kc_flash_kernel<D><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
-                                                         scale * 1.4426950408889634f, causal);
     KC_LAUNCHED("flash_attention");
     return 0;
 }

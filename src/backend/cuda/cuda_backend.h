@@ -5,11 +5,11 @@
 
 #include <stdio.h>
 
-#include "backend/backend.h"
-
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+#include "backend/backend.h"
 
 /* Prints each convolution / GEMM step's chosen method and tuned time, the arena size and whether
  * the run is a CUDA graph. c must come from the CUDA backend. */
@@ -17,8 +17,14 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f);
 /* Replays the compiled run (without host copies) `iters` times after `warmup` replays, timing each
  * with CUDA events; writes the median and minimum in milliseconds. */
 int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms);
+/* Runs the plan op by op with CUDA events between the steps and prints the time per op kind. */
+int kiln_cuda_profile(kiln_compiled *c, FILE *f);
 /* Device memory in use on the current device (total - free), bytes; for peak-memory reports. */
 size_t kiln_cuda_mem_used(void);
+/* Records (once) the memory a bare CUDA context uses, before kiln allocates anything; called by
+ * kiln_backend_cuda_create. kiln_cuda_mem_context returns it (0 if never recorded). */
+void kiln_cuda_note_context(void);
+size_t kiln_cuda_mem_context(void);
 
 #ifdef __cplusplus
 }

@@ -178,26 +178,28 @@ int kc_add(cudaStream_t s, const kc_half *a, const kc_half *b, kc_half *y, size_
     return 0;
 }
 
-// ---- add_channel: y[n, p, c] = x[n, p, c] + e[n, c] (NHWC)
-__global__ void kc_add_channel_kernel(const kc_half *x, const kc_half *e, kc_half *y, int C, long long HW, size_t n) {
-    if ((C & 1) == 0) {
+// ---- add_channel: y[n, p, c] = x[n, p, c] + e[n * lde + c] (NHWC; lde: e's row stride)
+__global__ void kc_add_channel_kernel(const kc_half *x, const kc_half *e, kc_half *y, int C, long long HW, size_t n,
+                                      long long lde) {
+    if ((C & 1) == 0 && (lde & 1) == 0) {
         KC_GRID_STRIDE(i, n / 2) {
             size_t j = i * 2, c = j % C, nn = j / ((size_t)C * HW);
             float2 fx = __half22float2(*(const __half2 *)&x[j]);
-            float2 fe = __half22float2(*(const __half2 *)&e[nn * C + c]);
+            float2 fe = __half22float2(*(const __half2 *)&e[nn * lde + c]);
             *(__half2 *)&y[j] = __floats2half2_rn(fx.x + fe.x, fx.y + fe.y);
         }
     } else {
         KC_GRID_STRIDE(i, n) {
             size_t c = i % C, nn = i / ((size_t)C * HW);
-            y[i] = __float2half(__half2float(x[i]) + __half2float(e[nn * C + c]));
+            y[i] = __float2half(__half2float(x[i]) + __half2float(e[nn * lde + c]));
         }
     }
 }
-int kc_add_channel(cudaStream_t s, const kc_half *x, const kc_half *e, kc_half *y, int N, int C, long long HW) {
+int kc_add_channel(cudaStream_t s, const kc_half *x, const kc_half *e, kc_half *y, int N, int C, long long HW,
+                   long long lde) {
     size_t n = (size_t)N * C * HW;
     if (!n) return 0;
-    kc_add_channel_kernel<<<kc_blocks(n / 2 + 1, 256), 256, 0, s>>>(x, e, y, C, HW, n);
+    kc_add_channel_kernel<<<kc_blocks(n / 2 + 1, 256), 256, 0, s>>>(x, e, y, C, HW, n, lde);
     KC_LAUNCHED("add_channel");
     return 0;
 }

@@ -84,6 +84,7 @@ typedef struct kc_conv {
     void *cudnn_state;      // descriptors and algorithm for KC_CONV_CUDNN
     size_t scratch;         // bytes of scratch needed (im2col buffer / cuDNN workspace / GEMM workspace)
     float best_ms;
+    float im2col_ms, cudnn_ms;  // what each method measured (FLT_MAX: not tried)
 } kc_conv;
 enum { KC_CONV_GEMM = 1, KC_CONV_IM2COL = 2, KC_CONV_CUDNN = 3 };
 
@@ -127,7 +128,8 @@ int kc_geglu(cudaStream_t s, const kc_half *x, kc_half *y, long long rows, int N
 // a_desc/b_desc give the logical shapes (ndim and dims) to map physical NHWC positions.
 int kc_add(cudaStream_t s, const kc_half *a, const kc_half *b, kc_half *y, size_t n, size_t nb, int a_ndim,
            const int64_t *a_shape, int b_ndim, const int64_t *b_shape);
-int kc_add_channel(cudaStream_t s, const kc_half *x, const kc_half *e, kc_half *y, int N, int C, long long HW);
+int kc_add_channel(cudaStream_t s, const kc_half *x, const kc_half *e, kc_half *y, int N, int C, long long HW,
+                   long long lde);
 int kc_upsample_nearest(cudaStream_t s, const kc_half *x, kc_half *y, int N, int C, int H, int W, int Ho, int Wo,
                         int ldy);
 int kc_copy_channels(cudaStream_t s, const kc_half *x, int ldx, int x_start, kc_half *y, int ldy, int y_start,

@@ -1,0 +1,81 @@
+// cuda_compiled.h — the CUDA backend's private state shared by its files: the backend with its
+// weight cache, and a compiled plan (slots on the device, steps, arena, graph).
+#ifndef KILN_BACKEND_CUDA_COMPILED_H
+#define KILN_BACKEND_CUDA_COMPILED_H
+
+#include "backend/cuda/cuda_internal.h"
+
+// ---- backend and its weight cache
+// Device copies of weights are shared by the compiled plans of one backend and counted: an entry
+// lives while some compiled plan uses it. (A store's tensors may be freed once no compiled plan
+// needs them, and a new store may reuse their addresses, so nothing outlives its last user.)
+typedef struct kc_cached_weight {
+    const kiln_weight *w;
+    int f32;                // 1: fp32 as stored; 0: fp16, 4-D permuted to NHWC
+    uint64_t version;
+    int refs;               // compiled plans using it
+    void *dev;
+} kc_cached_weight;
+
+typedef struct kc_backend {
+    kc_libs libs;
+    int device;
+    char name[256];
+    kc_cached_weight *cache;
+    int n_cache, cap_cache;
+    float *staging;         // device fp32 buffer for weight conversion
+    size_t staging_n;
+} kc_backend;
+
+// ---- compiled plan
+typedef struct kc_slotinfo {
+    int buf;                // buffer id (after aliasing), -1 for weights
+    void *ptr;              // device data: fp16 (I32 inputs: int32)
+    size_t view_off;        // bytes into its buffer (column range of a horizontally fused GEMM)
+    float *f32;             // inputs and outputs: device fp32 staging in the logical layout
+    long long ld;           // row stride in elements; 0 = dense
+} kc_slotinfo;
+
+typedef struct kc_step {
+    int op;                 // plan op index, or -1 for a removed op
+    int out;                // slot written (an ADD's output when a residual was fused)
+    int residual;           // slot added in the epilogue, or -1
+    kc_gemm gemm;
+    kc_conv conv;
+    int has_gemm, has_conv;
+    // Horizontal fusion: LINEAR ops sharing their input run as one GEMM over concatenated weights
+    // (owned here), writing every member's output as a column range of one buffer.
+    kc_half *wcat, *bcat;
+    int n_total;
+} kc_step;
+
+struct kiln_compiled {
+    kc_backend *be;
+    const kiln_plan *plan;
+    kc_slotinfo *si;
+    kc_step *steps;
+    int n_steps;
+    int *in_ids, n_in, *out_ids, n_out;
+    char *arena;            // activations, then scratch
+    size_t arena_bytes, scratch_bytes;
+    void *scratch;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
+    int n_wrefs, cap_wrefs;
+};
+
+static inline int kc_nhwc(const kiln_slot *s) { return s->ndim == 4; }
+
+// Device pointer of a slot read as fp16 data (weights come from the cache, uploaded on first use),
+// and of a weight read as fp32 (norm parameters). cuda_backend.cu.
+int kc_half_ptr(kiln_compiled *c, int id, const kc_half **out);
+int kc_f32_ptr(kiln_compiled *c, int id, const float **out);
+// One step (tune = 1 at compile time: prepares and times library calls), and the whole run as the
+// graph holds it: input conversion, steps, output conversion. cuda_steps.cu.
+int kc_run_step(kiln_compiled *c, kc_step *st, int tune);
+int kc_execute(kiln_compiled *c, int tune);
+// Scratch one op may need (workspaces, im2col, group-norm partials, attention fallback).
+size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op);
+
+#endif

@@ -1,0 +1,213 @@
+// cuda_steps.cu — running one compiled step of the CUDA backend: dispatch from a plan op to the
+// launcher of its op family, with the physical layout (NHWC, row strides of column views) applied.
+#include <math.h>
+#include <stdlib.h>
+
+#include "backend/cuda/cuda_compiled.h"
+
+// ---- running one step
+static int kc_slot_dims(const kiln_slot *s, int *N, int *C, int *H, int *W) {
+    if (s->ndim != 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: %s is not 4-D", s->name);
+    *N = (int)s->shape[0], *C = (int)s->shape[1], *H = (int)s->shape[2], *W = (int)s->shape[3];
+    return 0;
+}
+
+// tune = 1 at compile time: prepares (and times) library calls instead of only launching.
+int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
+    const kiln_plan *p = c->plan;
+    const kiln_op *op = &p->ops[st->op];
+    kc_libs *L = &c->be->libs;
+    cudaStream_t s = L->stream;
+    const kiln_slot *so = &p->slots[st->out];
+    kc_half *y = (kc_half *)c->si[st->out].ptr;
+    size_t n = (size_t)kiln_slot_numel(so);
+    const kc_half *x = NULL, *w = NULL, *b = NULL, *r = NULL;
+    if (op->n_in > 0 && op->in[0] >= 0 && p->slots[op->in[0]].dtype == KILN_SLOT_F32 &&
+        op->kind != KILN_OP_TIMESTEP_EMBED)
+        KILN_TRY(kc_half_ptr(c, op->in[0], &x));
+    if (st->residual >= 0) KILN_TRY(kc_half_ptr(c, st->residual, &r));
+    const kiln_slot *sx = op->n_in > 0 && op->in[0] >= 0 ? &p->slots[op->in[0]] : NULL;
+
+    switch (op->kind) {
+    case KILN_OP_CONV2D: {
+        int N = 0, C = 0, H = 0, W = 0;
+        KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
+        const kiln_slot *sw = &p->slots[op->in[1]];
+        KILN_TRY(kc_half_ptr(c, op->in[1], &w));
+        if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        if (tune) {
+            KILN_TRY(kc_conv_init(L, &st->conv, N, C, H, W, (int)sw->shape[0], (int)sw->shape[2], (int)sw->shape[3],
+                                  op->stride, op->pad, op->pad_end, b != NULL, r != NULL, x, w, b, r, y, c->scratch,
+                                  c->scratch_bytes));
+            st->has_conv = 1;
+        }
+        return kc_conv_run(L, &st->conv, x, w, b, r, y, c->scratch);
+    }
+    case KILN_OP_LINEAR: {
+        if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: linear on 4-D %s", sx->name);
+        const kiln_slot *sw = &p->slots[op->in[1]];
+        int N = (int)sw->shape[0], K = (int)sw->shape[1];
+        int M = (int)(kiln_slot_numel(sx) / K);
+        if (st->wcat) {  // horizontally fused: the concatenated weights; this op's columns come first
+            w = st->wcat, b = st->bcat, N = st->n_total;
+        } else {
+            KILN_TRY(kc_half_ptr(c, op->in[1], &w));
+            if (op->in[2] >= 0) KILN_TRY(kc_half_ptr(c, op->in[2], &b));
+        }
+        long long ldx = c->si[op->in[0]].ld ? c->si[op->in[0]].ld : K;
+        long long ldy = c->si[st->out].ld ? c->si[st->out].ld : N;
+        if (tune) {
+            KILN_TRY(kc_gemm_init(L, &st->gemm, M, N, K, (int)ldx, (int)ldy, b != NULL, r != NULL, x, w, b, r, y,
+                                  c->scratch, c->scratch_bytes));
+            st->has_gemm = 1;
+        }
+        return kc_gemm_run(L, &st->gemm, x, w, b, r, y, c->scratch);
+    }
+    case KILN_OP_GROUP_NORM: {
+        const float *gamma = NULL, *beta = NULL;
+        KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
+        KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
+        int N = (int)sx->shape[0], C = (int)sx->shape[1];
+        long long P = kiln_slot_numel(sx) / ((long long)N * C);
+        long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
+        return kc_group_norm(s, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp, op->eps,
+                             op->act == KILN_ACT_SILU, c->scratch);
+    }
+    case KILN_OP_LAYER_NORM: {
+        if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
+        const float *gamma = NULL, *beta = NULL;
+        KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
+        KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
+        int C = (int)sx->shape[sx->ndim - 1];
+        return kc_layer_norm(s, x, y, gamma, beta, (long long)(n / C), C, op->eps);
+    }
+    case KILN_OP_ACTIVATION: return kc_activation(s, x, y, n, (int)op->act, 1.0f);
+    case KILN_OP_SCALE: return kc_activation(s, x, y, n, 0, op->scale);
+    case KILN_OP_GEGLU: {
+        int N = (int)so->shape[so->ndim - 1];
+        return kc_geglu(s, x, y, (long long)(n / N), N);
+    }
+    case KILN_OP_ATTENTION: {
+        const kiln_slot *sk = &p->slots[op->in[1]];
+        const kc_half *k = NULL, *v = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &k));
+        KILN_TRY(kc_half_ptr(c, op->in[2], &v));
+        int B = (int)sx->shape[0], Lq = (int)sx->shape[1], E = (int)sx->shape[2], Lk = (int)sk->shape[1];
+        int H = op->heads, D = E / H;
+        long long ldq = c->si[op->in[0]].ld ? c->si[op->in[0]].ld : E;
+        long long ldk = c->si[op->in[1]].ld ? c->si[op->in[1]].ld : E;
+        long long ldv = c->si[op->in[2]].ld ? c->si[op->in[2]].ld : E;
+        long long ldo = c->si[st->out].ld ? c->si[st->out].ld : E;
+        float scale = op->scale > 0.0f ? op->scale : 1.0f / sqrtf((float)D);
+        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) {
+            int rc = kc_attention_flash(s, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal);
+            if (rc != KILN_EUNSUPPORTED) return rc;
+            kiln_error_clear();
+        }
+        return kc_attention_fallback(L, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal,
+                                     c->scratch);
+    }
+    case KILN_OP_UPSAMPLE_NEAREST: {
+        int N = 0, C = 0, H = 0, W = 0;
+        KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
+        return kc_upsample_nearest(s, x, y, N, C, H, W, (int)so->shape[2], (int)so->shape[3], C);
+    }
+    case KILN_OP_CONCAT_CHANNELS: {
+        const kiln_slot *sb = &p->slots[op->in[1]];
+        const kc_half *xb = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &xb));
+        int Ca = (int)sx->shape[1], Cb = (int)sb->shape[1];
+        long long rows = (long long)sx->shape[0] * sx->shape[2] * sx->shape[3];
+        KILN_TRY(kc_copy_channels(s, x, Ca, 0, y, Ca + Cb, 0, rows, Ca));
+        return kc_copy_channels(s, xb, Cb, 0, y, Ca + Cb, Ca, rows, Cb);
+    }
+    case KILN_OP_SLICE_CHANNELS: {
+        int C = (int)sx->shape[1];
+        long long rows = (long long)sx->shape[0] * sx->shape[2] * sx->shape[3];
+        return kc_copy_channels(s, x, C, op->start, y, op->count, 0, rows, op->count);
+    }
+    case KILN_OP_ADD: {
+        const kiln_slot *sb = &p->slots[op->in[1]];
+        const kc_half *xb = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &xb));
+        return kc_add(s, x, xb, y, n, (size_t)kiln_slot_numel(sb), sx->ndim, sx->shape, sb->ndim, sb->shape);
+    }
+    case KILN_OP_ADD_CHANNEL: {
+        const kc_half *e = NULL;
+        KILN_TRY(kc_half_ptr(c, op->in[1], &e));
+        int N = 0, C = 0, H = 0, W = 0;
+        KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
+        long long lde = c->si[op->in[1]].ld ? c->si[op->in[1]].ld : C;
+        return kc_add_channel(s, x, e, y, N, C, (long long)H * W, lde);
+    }
+    case KILN_OP_TIMESTEP_EMBED: {
+        int id = op->in[0];
+        const void *t = c->si[id].ptr;
+        int t_f32 = 0, t_i32 = sx->dtype == KILN_SLOT_I32;
+        if (sx->kind == KILN_SLOT_INPUT && sx->dtype == KILN_SLOT_F32) {
+            t = c->si[id].f32;  // read the caller's fp32 values: fractional timesteps survive
+            t_f32 = 1;
+        } else if (sx->kind == KILN_SLOT_WEIGHT) {
+            KILN_TRY(kc_half_ptr(c, id, (const kc_half **)&t));
+        }
+        return kc_timestep_embed(s, t, t_f32, t_i32, y, (int)so->shape[0], op->dim, op->max_period);
+    }
+    default:
+        return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: op %s (%s) is not supported", kiln_op_name(op->kind),
+                          op->label);
+    }
+}
+
+// Everything the graph holds: input conversion, the steps, output conversion.
+int kc_execute(kiln_compiled *c, int tune) {
+    const kiln_plan *p = c->plan;
+    cudaStream_t s = c->be->libs.stream;
+    for (int i = 0; i < c->n_in; i++) {
+        const kiln_slot *sl = &p->slots[c->in_ids[i]];
+        if (sl->dtype != KILN_SLOT_F32) continue;  // int32 inputs are read in place
+        int nhwc = kc_nhwc(sl);
+        KILN_TRY(kc_f32_to_half(s, c->si[c->in_ids[i]].f32, (kc_half *)c->si[c->in_ids[i]].ptr, nhwc,
+                                nhwc ? (int)sl->shape[0] : 1, nhwc ? (int)sl->shape[1] : 1,
+                                nhwc ? (int)sl->shape[2] : 1, nhwc ? (int)sl->shape[3] : 1,
+                                (size_t)kiln_slot_numel(sl)));
+    }
+    for (int i = 0; i < c->n_steps; i++) {
+        kc_step *st = &c->steps[i];
+        if (st->op < 0) continue;
+        int rc = kc_run_step(c, st, tune);
+        if (rc) return kiln_error_context(rc, "op %d %s (%s): ", st->op, kiln_op_name(p->ops[st->op].kind),
+                                          p->ops[st->op].label);
+    }
+    for (int i = 0; i < c->n_out; i++) {
+        const kiln_slot *sl = &p->slots[c->out_ids[i]];
+        int nhwc = kc_nhwc(sl);
+        KILN_TRY(kc_half_to_f32(s, (const kc_half *)c->si[c->out_ids[i]].ptr, c->si[c->out_ids[i]].f32, nhwc,
+                                nhwc ? (int)sl->shape[0] : 1, nhwc ? (int)sl->shape[1] : 1,
+                                nhwc ? (int)sl->shape[2] : 1, nhwc ? (int)sl->shape[3] : 1,
+                                (size_t)kiln_slot_numel(sl)));
+    }
+    return 0;
+}
+
+// Scratch one step may need (workspaces, im2col, group-norm partials, attention fallback).
+size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op) {
+    const kiln_slot *sx = op->n_in > 0 && op->in[0] >= 0 ? &p->slots[op->in[0]] : NULL;
+    switch (op->kind) {
+    case KILN_OP_CONV2D: {
+        const kiln_slot *sw = &p->slots[op->in[1]];
+        if (sx->ndim != 4) return 0;
+        return kc_conv_scratch_bound((int)sx->shape[0], (int)sx->shape[1], (int)sx->shape[2], (int)sx->shape[3],
+                                     (int)sw->shape[0], (int)sw->shape[2], (int)sw->shape[3], op->stride, op->pad,
+                                     op->pad_end);
+    }
+    case KILN_OP_LINEAR: return kc_gemm_workspace_bytes;
+    case KILN_OP_GROUP_NORM: return kc_group_norm_scratch((int)sx->shape[0], op->groups);
+    case KILN_OP_ATTENTION: {
+        const kiln_slot *sk = &p->slots[op->in[1]];
+        int D = (int)(sx->shape[2] / op->heads);
+        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) return 0;
+        return kc_attention_fallback_scratch(op->heads, (int)sx->shape[1], (int)sk->shape[1]);
+    }
+    default: return 0;
+    }
+}

@@ -1,0 +1,132 @@
+// cuda_tools.cu — what tests and benchmarks ask of a compiled CUDA plan: the tuned choices, graph
+// replay timing, an op-by-op profile, device memory in use (declared in cuda_backend.h).
+#include <stdlib.h>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_compiled.h"
+
+// For tests and benchmarks: which method each convolution/GEMM step chose and its measured time.
+void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
+    for (int i = 0; i < c->n_steps; i++) {
+        const kc_step *st = &c->steps[i];
+        if (st->op < 0) continue;
+        const kiln_op *op = &c->plan->ops[st->op];
+        if (st->has_conv)
+            fprintf(f, "op %4d conv   %-6s %8.3f ms  (im2col %.3f, cudnn %.3f) %dx%dx%dx%d->%d k%d s%d  %s%s\n",
+                    st->op,
+                    st->conv.method == KC_CONV_CUDNN ? "cudnn" : st->conv.method == KC_CONV_GEMM ? "gemm" : "im2col",
+                    st->conv.best_ms, st->conv.im2col_ms < 1e30f ? st->conv.im2col_ms : -1.0f,
+                    st->conv.cudnn_ms < 1e30f ? st->conv.cudnn_ms : -1.0f, st->conv.N, st->conv.C, st->conv.H,
+                    st->conv.W, st->conv.O, st->conv.kh, st->conv.stride, op->label,
+                    st->residual >= 0 ? " +residual" : "");
+        else if (st->has_gemm)
+            fprintf(f, "op %4d linear %-6s %8.3f ms  M %d N %d K %d  %s%s%s\n", st->op, "lt", st->gemm.best_ms,
+                    st->gemm.M, st->gemm.N, st->gemm.K, op->label, st->residual >= 0 ? " +residual" : "",
+                    st->n_total ? " (horizontally fused)" : "");
+    }
+    double wbytes = 0;
+    for (int i = 0; i < c->n_wrefs; i++)
+        wbytes += (double)kiln_weight_numel(c->wrefs[i].w) * (c->wrefs[i].f32 ? 4 : 2);
+    for (int i = 0; i < c->n_steps; i++)
+        if (c->steps[i].wcat) {
+            const kiln_op *op = &c->plan->ops[i];
+            wbytes += (double)c->steps[i].n_total * (c->plan->slots[op->in[1]].shape[1] + (c->steps[i].bcat ? 1 : 0)) * 2;
+        }
+    fprintf(f, "weights %.1f MiB, arena %.1f MiB + scratch %.1f MiB, graph %s\n", wbytes / 1048576.0,
+            c->arena_bytes / 1048576.0, c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");
+}
+
+int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms) {
+    cudaStream_t s = c->be->libs.stream;
+    for (int i = 0; i < warmup; i++) {
+        if (c->exec) KC_CUDA(cudaGraphLaunch(c->exec, s));
+        else KILN_TRY(kc_execute(c, 0));
+    }
+    if (iters < 1) iters = 1;
+    float *t = (float *)malloc((size_t)iters * sizeof(float));
+    if (!t) return kiln_error(KILN_ENOMEM, "out of memory");
+    cudaEvent_t e0, e1;
+    KC_CUDA(cudaEventCreate(&e0));
+    KC_CUDA(cudaEventCreate(&e1));
+    int rc = 0;
+    for (int i = 0; i < iters && rc == 0; i++) {
+        cudaEventRecord(e0, s);
+        if (c->exec) rc = cudaGraphLaunch(c->exec, s) == cudaSuccess ? 0 : kiln_error(KILN_EBACKEND, "graph launch");
+        else rc = kc_execute(c, 0);
+        cudaEventRecord(e1, s);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&t[i], e0, e1);
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (rc == 0 && cudaStreamSynchronize(s) != cudaSuccess)
+        rc = kiln_error(KILN_EBACKEND, "timing: %s", cudaGetErrorString(cudaGetLastError()));
+    for (int i = 1; i < iters; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            float x = t[j]; t[j] = t[j - 1]; t[j - 1] = x;
+        }
+    *median_ms = t[iters / 2];
+    *min_ms = t[0];
+    free(t);
+    return rc;
+}
+
+static size_t context_bytes;  // in use right after the context was made (driver, runtime, kernels)
+
+void kiln_cuda_note_context(void) {
+    if (context_bytes) return;
+    cudaFree(0);  // makes the context if there is none yet
+    context_bytes = kiln_cuda_mem_used();
+}
+
+size_t kiln_cuda_mem_context(void) { return context_bytes; }
+
+size_t kiln_cuda_mem_used(void) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+    return total_b - free_b;
+}
+
+int kiln_cuda_profile(kiln_compiled *c, FILE *f) {
+    cudaStream_t s = c->be->libs.stream;
+    int n = c->n_steps;
+    cudaEvent_t *ev = (cudaEvent_t *)calloc((size_t)n + 1, sizeof *ev);
+    double per_kind[KILN_OP_COUNT] = {0}, conv_method[4] = {0};
+    int count[KILN_OP_COUNT] = {0};
+    if (!ev) return kiln_error(KILN_ENOMEM, "out of memory");
+    int rc = 0;
+    for (int i = 0; i <= n && rc == 0; i++)
+        if (cudaEventCreate(&ev[i]) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "cudaEventCreate");
+    for (int rep = 0; rep < 2 && rc == 0; rep++) {  // the first pass warms up
+        cudaEventRecord(ev[0], s);
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (c->steps[i].op >= 0) rc = kc_run_step(c, &c->steps[i], 0);
+            cudaEventRecord(ev[i + 1], s);
+        }
+        if (cudaStreamSynchronize(s) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "profile run failed");
+    }
+    double total = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (c->steps[i].op < 0) continue;
+        float ms = 0;
+        cudaEventElapsedTime(&ms, ev[i], ev[i + 1]);
+        kiln_op_kind k = c->plan->ops[c->steps[i].op].kind;
+        per_kind[k] += ms;
+        count[k]++;
+        if (k == KILN_OP_CONV2D) conv_method[c->steps[i].conv.method] += ms;
+        total += ms;
+    }
+    if (rc == 0) {
+        fprintf(f, "%-18s %6s %10s %7s   (op by op, events between launches; no graph)\n", "op", "count", "ms", "share");
+        for (int k = 0; k < KILN_OP_COUNT; k++)
+            if (count[k])
+                fprintf(f, "%-18s %6d %10.3f %6.1f%%\n", kiln_op_name((kiln_op_kind)k), count[k], per_kind[k],
+                        100.0 * per_kind[k] / total);
+        fprintf(f, "%-18s %6s %10.3f   (conv: gemm %.3f, im2col %.3f, cudnn %.3f)\n", "total", "", total,
+                conv_method[KC_CONV_GEMM], conv_method[KC_CONV_IM2COL], conv_method[KC_CONV_CUDNN]);
+    }
+    for (int i = 0; i <= n; i++)
+        if (ev[i]) cudaEventDestroy(ev[i]);
+    free(ev);
+    return rc;
+}

@@ -1,0 +1,93 @@
+/* test_cuda_pipeline.c — the whole txt2img pipeline on the CUDA backend against the CPU backend: every tiny-sd15
+ * txt2img fixture case is generated on both, and the decoded 8-bit images must agree within PSNR_MIN dB (and the
+ * CUDA image must match A1111's fixture PNG within the same bound). fp16 rounding of every op is amplified by CFG
+ * (these random-weight latents reach |x| ~ 60), so bit equality is not expected; 30 dB means a mean squared
+ * difference of about 8 levels^2. Exits 77 (skipped) without a usable GPU. */
+#include <math.h>
+
+#include <jansson.h>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "pipeline/txt2img.h"
+#include "fixture_cases.h"
+#include "test.h"
+
+#define PSNR_MIN 30.0
+
+static kiln_model *model;
+static kiln_ctx *cpu, *gpu;
+static json_t *manifest;
+
+static double psnr(const uint8_t *a, const uint8_t *b, size_t n) {
+    double se = 0;
+    for (size_t i = 0; i < n; i++) se += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    return se == 0 ? INFINITY : 10 * log10(255.0 * 255.0 / (se / (double)n));
+}
+
+static int generate(kiln_ctx *ctx, json_t *c, uint8_t *rgb) {
+    kiln_gen_params p;
+    fixture_gen_params(c, &p);
+    float lat[256];
+    int64_t seed = p.seed, sub = 0;
+    int rc = kiln_txt2img_sample(ctx, &p, &seed, &sub, 1, 0, NULL, NULL, lat, NULL);
+    if (rc == 0) rc = kiln_decode_latents(ctx, lat, 1, 8, 8, NULL, rgb);
+    if (rc) fprintf(stderr, "generate: %s\n", kiln_last_error());
+    return rc;
+}
+
+TEST(txt2img_cuda_vs_cpu) {
+    json_t *cases = json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases");
+    size_t i;
+    json_t *c;
+    json_array_foreach(cases, i, c) {
+        const char *name = json_string_value(json_object_get(c, "name"));
+        uint8_t a[64 * 64 * 3], b[64 * 64 * 3];
+        CHECK(generate(cpu, c, a) == 0);
+        CHECK(generate(gpu, c, b) == 0);
+        char rel[256];
+        snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
+        kiln_st_file *f = NULL;
+        double vs_fixture = 0;
+        if (kiln_st_open(test_fixture(rel), &f) == 0) {
+            const kiln_st_tensor *u8 = kiln_st_find(f, "image_u8");
+            if (u8) vs_fixture = psnr(b, u8->data, sizeof b);
+            kiln_st_close(f);
+        }
+        double p = psnr(a, b, sizeof a);
+        printf("  %-22s CUDA vs CPU PSNR %.1f dB, CUDA vs A1111 fixture %.1f dB\n", name, p, vs_fixture);
+        CHECK_MSG(p >= PSNR_MIN, "%s: %.1f dB", name, p);
+        CHECK_MSG(vs_fixture >= PSNR_MIN, "%s: %.1f dB vs fixture", name, vs_fixture);
+    }
+}
+
+int main(void) {
+    json_error_t jerr;
+    manifest = json_load_file(test_fixture("tiny-sd15/manifest.json"), 0, &jerr);
+    if (!manifest || kiln_model_load(test_fixture("tiny-sd15/model.safetensors"), NULL, &model)) {
+        fprintf(stderr, "setup: %s\n", kiln_last_error());
+        return 77;
+    }
+    char vocab[1024];
+    snprintf(vocab, sizeof vocab, "%s/data/bpe_simple_vocab_16e6.txt.gz", KILN_SOURCE_DIR);
+    const char *env = getenv("KILN_CLIP_VOCAB");
+    kiln_ctx_options oc = {.backend = "cpu", .vocab_path = env ? env : vocab};
+    kiln_ctx_options og = oc;
+    og.backend = "cuda";
+    if (kiln_ctx_create(model, &og, &gpu)) {
+        printf("skipped: %s\n", kiln_last_error());
+        kiln_model_free(model);
+        return 77;
+    }
+    if (kiln_ctx_create(model, &oc, &cpu)) {
+        fprintf(stderr, "setup: %s\n", kiln_last_error());
+        return 1;
+    }
+    RUN(txt2img_cuda_vs_cpu);
+    kiln_ctx_free(cpu);
+    kiln_ctx_free(gpu);
+    kiln_model_free(model);
+    json_decref(manifest);
+    return test_summary();
+}

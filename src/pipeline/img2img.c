@@ -143,11 +143,10 @@ static int cb_step(void *u, int step, int total, const float *x, const float *de
 }
 
 /* k-diffusion samplers: sigmas(schedule_steps)[schedule_steps - t_enc - 1:], x = init + noise * sigmas[0]. */
-static int sample_kdiffusion(kiln_ctx *ctx, const kiln_sampler_info *s, kiln_scheduler sched_id,
+static int sample_kdiffusion(const kiln_sampler_info *s, kiln_scheduler sched_id,
                              const kiln_schedule *schedule, kiln_rng_source src, const int64_t *seeds, int batch,
                              int schedule_steps, int t_enc, const float *init, const float *noise, kiln_sampler_io *io,
                              run_state *st, float *x, double **sigmas_out, int *n_out) {
-    (void)ctx;
     kiln_sigma_opts so = {.discard_penultimate = s->discard_penultimate_sigma != 0};
     float *full = NULL;
     int n_full = 0;
@@ -268,7 +267,7 @@ int kiln_img2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const kiln_img2
     if (rc == KILN_OK && s->timestep_sampler)
         rc = sample_timesteps(s, &schedule, schedule_steps, t_enc, run->init_latent, noise, &io, latents);
     else if (rc == KILN_OK)
-        rc = sample_kdiffusion(ctx, s, sched_id, &schedule, src, seeds, batch, schedule_steps, t_enc, run->init_latent,
+        rc = sample_kdiffusion(s, sched_id, &schedule, src, seeds, batch, schedule_steps, t_enc, run->init_latent,
                                noise, &io, &st, latents, &sigmas, &n_sigmas);
     if (rc == KILN_OK && run->nmask) /* StableDiffusionProcessingImg2Img.sample: samples*nmask + init*mask */
         for (size_t i = 0; i < n; i++)

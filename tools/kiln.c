@@ -214,7 +214,7 @@ static void generate_help(FILE *f) {
                "  -o, --output FILE         .png/.jpg/.webp (default kiln-SEED.png); several images get -N suffixes\n"
                "  -q, --quiet               no progress bar\n"
                "img2img / inpainting / hires fix (A1111 API names):\n"
-               "  --init-image FILE         img2img from this image (size: -W/-H, default the image's)\n"
+               "  --init-image FILE         img2img from this image (size: -W/-H, default the image's down to a multiple of 8)\n"
                "  --mask FILE               inpainting mask, same size as the init image (white = repaint)\n"
                "  --denoising-strength F    0..1 (0.75); also the hires pass's\n"
                "  --resize-mode N           0 just resize, 1 crop and resize, 2 resize and fill,\n"
@@ -242,8 +242,9 @@ static int load_init_images(const char *init, const char *mask, int have_w, int 
     p->init_rgb = ii->pixels;
     p->init_width = ii->width;
     p->init_height = ii->height;
-    if (!have_w) p->width = ii->width;
-    if (!have_h) p->height = ii->height;
+    /* the default size is the image's, down to a multiple of 8 (A1111 sizes step by 8) */
+    if (!have_w) p->width = ii->width >= 8 ? ii->width / 8 * 8 : 8;
+    if (!have_h) p->height = ii->height >= 8 ? ii->height / 8 * 8 : 8;
     if (mask) {
         if (kiln_image_load(mask, 1, mi, NULL)) return !fail("generate: --mask");
         if (mi->width != ii->width || mi->height != ii->height) {

@@ -13,13 +13,13 @@
 /* ---- OpenCV GaussianBlur, 8-bit fixed-point path ---------------------------------------------- */
 
 int kiln_gaussian_kernel_q8(int ksize, double sigma, int *k) {
-    if (ksize < 1 || ksize > 255 || ksize % 2 == 0)
-        return kiln_error(KILN_EINVAL, "gaussian kernel: size %d is not odd and between 1 and 255", ksize);
+    if (ksize < 1 || ksize > 511 || ksize % 2 == 0)
+        return kiln_error(KILN_EINVAL, "gaussian kernel: size %d is not odd and between 1 and 511", ksize);
     if (!(sigma > 0)) return kiln_error(KILN_EINVAL, "gaussian kernel: sigma %g is not positive", sigma);
     /* getGaussianKernelBitExact: exp(-x^2 / (2 sigma^2)) for the taps left of the centre, normalised
        by the sum (centre weight 1), in double as OpenCV's softdouble computes it */
     const int half = (ksize - 1) / 2;
-    double vals[128], sum = 0.0;
+    double vals[256], sum = 0.0;
     const double scale2 = -0.125 / (sigma * sigma);
     for (int i = 0, x = 1 - ksize; i < half; i++, x += 2) {
         vals[i] = exp((double)(x * x) * scale2);
@@ -54,7 +54,7 @@ int kiln_gaussian_blur_u8(const uint8_t *src, int w, int h, int ksize_x, int ksi
     if (ksize_x > 1 && ksize_y > 1)
         return kiln_error(KILN_EUNSUPPORTED, "gaussian blur: only one axis at a time (got %dx%d)", ksize_x, ksize_y);
     const int horizontal = ksize_x > 1, n = horizontal ? ksize_x : ksize_y;
-    int k[255];
+    int k[511];
     KILN_TRY(kiln_gaussian_kernel_q8(n, sigma, k));
     const int r = n / 2;
     for (int y = 0; y < h; y++)
@@ -70,8 +70,8 @@ int kiln_gaussian_blur_u8(const uint8_t *src, int w, int h, int ksize_x, int ksi
 }
 
 int kiln_mask_blur(const uint8_t *mask, int w, int h, int blur_x, int blur_y, uint8_t *after_x, uint8_t *out) {
-    if (blur_x < 0 || blur_y < 0 || blur_x > 50 || blur_y > 50)
-        return kiln_error(KILN_EINVAL, "mask_blur: %d x %d is not between 0 and 50", blur_x, blur_y);
+    if (blur_x < 0 || blur_y < 0 || blur_x > 64 || blur_y > 64)
+        return kiln_error(KILN_EINVAL, "mask_blur: %d x %d is not between 0 and 64", blur_x, blur_y);
     const size_t n = (size_t)w * h;
     uint8_t *tmp = malloc(n);
     if (!tmp) return kiln_error(KILN_ENOMEM, "out of memory blurring a %dx%d mask", w, h);

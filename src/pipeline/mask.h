@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 /* The 8-bit kernel cv::GaussianBlur uses for an 8-bit image: getGaussianKernel(ksize, sigma) in double,
- * quantised to Q8 by error diffusion (the centre tap takes what is left of 256). ksize odd, 1..255. */
+ * quantised to Q8 by error diffusion (the centre tap takes what is left of 256). ksize odd, 1..511. */
 int kiln_gaussian_kernel_q8(int ksize, double sigma, int *k);
 
 /* cv::GaussianBlur(src, (ksize_x, ksize_y), sigma) on an 8-bit one-channel image, BORDER_REFLECT_101.

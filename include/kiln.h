@@ -114,13 +114,16 @@ typedef struct kiln_gen_params {
                                       width x height and paste it back into the init image (output at the
                                       init image's size) */
     /* hires fix (txt2img enable_hr with latent upscalers) */
-    double hr_scale;               /* 0 = off; else the second pass runs at int(width*hr_scale) x int(height*hr_scale) */
+    double hr_scale;               /* 0 = off (unless hr_resize_x/y are set); else the second pass runs at
+                                      int(width*hr_scale) x int(height*hr_scale) */
     const char *hr_upscaler;       /* A1111's latent upscalers: "Latent" (default), "Latent (antialiased)",
                                       "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
                                       "Latent (nearest-exact)"; or the image upscalers "None", "Lanczos",
                                       "Nearest" (decode, upscale, encode again; the size a multiple of 8) */
     int hr_steps;                  /* hires steps (A1111 hr_second_pass_steps); 0 = steps */
     int inpaint_full_res_padding;  /* only masked: pixels added around the mask's bounding box (32) */
+    int hr_resize_x, hr_resize_y;  /* hires fix to this size instead of hr_scale (A1111 "Resize width/height
+                                      to"; 0 = follow the other one's aspect); both 0 = use hr_scale */
 } kiln_gen_params;
 
 /* Fills p with A1111's txt2img defaults (prompt "" and the values in the comments above). */

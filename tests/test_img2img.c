@@ -420,6 +420,51 @@ TEST(image_upscalers) {
     CHECK(kiln_hires_check(&p) == KILN_EUNSUPPORTED && strstr(kiln_last_error(), "multiple of 8"));
 }
 
+/* hr_resize_x/y (A1111 calculate_target_resolution): the upscale covers the requested size keeping the
+ * aspect ratio, then the latent is cut (centred) to it. */
+TEST(hires_resize) {
+    kiln_gen_params p;
+    kiln_gen_params_init(&p);
+    p.width = p.height = 64;
+    int w, h;
+    p.hr_resize_x = 128;
+    CHECK(kiln_hires_enabled(&p, &w, &h) && w == 128 && h == 128 && kiln_hires_output_size(&p, &w, &h) && h == 128);
+    p.hr_resize_x = 0, p.hr_resize_y = 96;
+    CHECK(kiln_hires_enabled(&p, &w, &h) && w == 96 && h == 96);
+    p.hr_resize_x = 128, p.hr_resize_y = 96;
+    CHECK(kiln_hires_enabled(&p, &w, &h) && w == 128 && h == 128);
+    CHECK(kiln_hires_output_size(&p, &w, &h) && w == 128 && h == 96);
+    p.width = 64, p.height = 48, p.hr_resize_x = 100, p.hr_resize_y = 100;
+    CHECK(kiln_hires_enabled(&p, &w, &h) && w == 133 && h == 100);
+    CHECK(kiln_hires_output_size(&p, &w, &h) && w == 96 && h == 96);
+    p.hr_resize_x = 64, p.hr_resize_y = 48; /* the same size: off */
+    CHECK(!kiln_hires_enabled(&p, &w, &h));
+
+    /* a run: the upscaled latent is the centre rows of the 16x16 upscale */
+    json_t *c = json_array_get(runs("hires_fix"), 0);
+    params_from(c, &p);
+    p.steps = 3;
+    p.hr_steps = 2;
+    p.hr_resize_x = 128, p.hr_resize_y = 96;
+    float first[256], up[4 * 12 * 16], full[1024], samples[4 * 12 * 16];
+    kiln_hires_out out = {.first_pass = first, .upscaled = up};
+    int64_t seed = p.seed, sub = 0;
+    kiln_sample_trace tr = {0};
+    CHECK(kiln_hires_sample(ctx, &p, &seed, &sub, 1, 0, NULL, NULL, samples, &out, &tr) == 0);
+    CHECK(kiln_latent_upscale("Latent", first, 4, 8, 8, 16, 16, full) == 0);
+    int same = 1;
+    for (int c4 = 0; c4 < 4; c4++)
+        for (int y = 0; y < 12; y++) same &= !memcmp(up + (c4 * 12 + y) * 16, full + (c4 * 16 + y + 2) * 16, 16 * sizeof(float));
+    CHECK(same);
+    CHECK(tr.noise != NULL); /* drawn at 4x12x16 */
+    kiln_sample_trace_free(&tr);
+    kiln_gen_image *im = NULL;
+    int n = 0;
+    CHECK(kiln_generate(ctx, &p, NULL, NULL, &im, &n) == 0);
+    CHECK(n == 1 && im[0].width == 128 && im[0].height == 96 && strstr(im[0].infotext, "Hires resize: 128x96, Hires steps: 2"));
+    kiln_gen_images_free(im, n);
+}
+
 static void run_hires_case(json_t *c) {
     const char *name = json_string_value(json_object_get(c, "name"));
     kiln_st_file *f = open_run(c);
@@ -745,6 +790,7 @@ int main(void) {
     RUN(inpaint_cases);
     RUN(hires_cases);
     RUN(image_upscalers);
+    RUN(hires_resize);
     RUN(generate_img2img);
     RUN(generate_inpaint);
     RUN(generate_hires);

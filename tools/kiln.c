@@ -227,6 +227,7 @@ static void generate_help(FILE *f) {
                "  --hr-upscaler NAME        Latent (default), Latent (antialiased), Latent (bicubic),\n"
                "                            Latent (bicubic antialiased), Latent (nearest), Latent (nearest-exact),\n"
                "                            None, Lanczos, Nearest\n"
+               "  --hr-resize-x N, --hr-resize-y N   hires fix to this size instead of --hr-scale (0 = by aspect)\n"
                "  --hr-steps N              hires steps (0 = --steps)\n");
 }
 
@@ -371,6 +372,8 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--inpaint-full-res")) { if (!parse_int(a, val, 0, 1, &v)) return 1; p.inpaint_full_res = (int)v; }
         else if (!strcmp(a, "--inpaint-full-res-padding")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; p.inpaint_full_res_padding = (int)v; }
         else if (!strcmp(a, "--hr-upscaler")) p.hr_upscaler = val;
+        else if (!strcmp(a, "--hr-resize-x")) { if (!parse_int(a, val, 0, 16384, &v)) return 1; p.hr_resize_x = (int)v; }
+        else if (!strcmp(a, "--hr-resize-y")) { if (!parse_int(a, val, 0, 16384, &v)) return 1; p.hr_resize_y = (int)v; }
         else if (!strcmp(a, "--hr-steps")) { if (!parse_int(a, val, 0, 10000, &v)) return 1; p.hr_steps = (int)v; }
         else {
             fprintf(stderr, "kiln generate: unknown option '%s' (see kiln generate --help)\n", a);

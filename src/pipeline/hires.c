@@ -46,22 +46,61 @@ static int find_upscaler(const char *name, upscale_mode *mode) {
                       n);
 }
 
+/* Python's // for the non-negative and negative ints calculate_target_resolution divides. */
+static int floordiv(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* calculate_target_resolution: the upscale size and the latent rows/columns cut off afterwards. */
+static int target(const kiln_gen_params *p, int *up_w, int *up_h, int *trunc_x, int *trunc_y) {
+    const int rx = p->hr_resize_x, ry = p->hr_resize_y, W = p->width, H = p->height;
+    *trunc_x = *trunc_y = 0;
+    if (p->init_rgb || (!(p->hr_scale > 0) && rx <= 0 && ry <= 0)) return 0;
+    if (rx <= 0 && ry <= 0) {
+        *up_w = (int)(W * p->hr_scale);
+        *up_h = (int)(H * p->hr_scale);
+    } else if (ry <= 0) {
+        *up_w = rx;
+        *up_h = (int)((int64_t)rx * H / W);
+    } else if (rx <= 0) {
+        *up_w = (int)((int64_t)ry * W / H);
+        *up_h = ry;
+    } else {
+        if ((double)W / H < (double)rx / ry) {
+            *up_w = rx;
+            *up_h = (int)((int64_t)rx * H / W);
+        } else {
+            *up_w = (int)((int64_t)ry * W / H);
+            *up_h = ry;
+        }
+        *trunc_x = floordiv(*up_w - rx, 8);
+        *trunc_y = floordiv(*up_h - ry, 8);
+    }
+    return !(*up_w == W && *up_h == H); /* A1111 disables hires fix when it would change nothing */
+}
+
 int kiln_hires_enabled(const kiln_gen_params *p, int *hr_width, int *hr_height) {
-    if (!(p->hr_scale > 0) || p->init_rgb) return 0;
-    int w = (int)(p->width * p->hr_scale), h = (int)(p->height * p->hr_scale);
-    if (w == p->width && h == p->height) return 0; /* A1111 disables hires fix when it would change nothing */
+    int w, h, tx, ty;
+    if (!target(p, &w, &h, &tx, &ty)) return 0;
     *hr_width = w;
     *hr_height = h;
     return 1;
 }
 
+int kiln_hires_output_size(const kiln_gen_params *p, int *w, int *h) {
+    int uw, uh, tx, ty;
+    if (!target(p, &uw, &uh, &tx, &ty)) return 0;
+    *w = (uw / 8 - tx) * 8;
+    *h = (uh / 8 - ty) * 8;
+    return 1;
+}
+
 int kiln_hires_check(const kiln_gen_params *p) {
-    if (!(p->hr_scale > 0)) {
-        if (p->hr_scale < 0 || isnan(p->hr_scale)) return kiln_error(KILN_EINVAL, "hr_scale: %g is negative", p->hr_scale);
-        return KILN_OK;
-    }
+    if (p->hr_scale < 0 || isnan(p->hr_scale)) return kiln_error(KILN_EINVAL, "hr_scale: %g is negative", p->hr_scale);
+    if (p->hr_resize_x < 0 || p->hr_resize_y < 0 || p->hr_resize_x > 16384 || p->hr_resize_y > 16384)
+        return kiln_error(KILN_EINVAL, "hr_resize: %dx%d is not between 0 and 16384", p->hr_resize_x, p->hr_resize_y);
+    if (!(p->hr_scale > 0) && p->hr_resize_x <= 0 && p->hr_resize_y <= 0) return KILN_OK;
     if (p->init_rgb) return kiln_error(KILN_EINVAL, "hr_scale: hires fix is a txt2img option, not img2img's");
-    if (!(p->hr_scale <= 16)) return kiln_error(KILN_EINVAL, "hr_scale: %g is not between 0 and 16", p->hr_scale);
+    if (!(p->hr_scale <= 16) && p->hr_resize_x <= 0 && p->hr_resize_y <= 0)
+        return kiln_error(KILN_EINVAL, "hr_scale: %g is not between 0 and 16", p->hr_scale);
     upscale_mode m = UP_BILINEAR;
     KILN_TRY(find_upscaler(p->hr_upscaler, &m));
     int tw, th;
@@ -73,9 +112,11 @@ int kiln_hires_check(const kiln_gen_params *p) {
     if (!(p->denoising_strength > 0 && p->denoising_strength <= 1))
         return kiln_error(KILN_EINVAL, "denoising_strength: %g is not in (0, 1] (the hires pass needs steps)",
                           p->denoising_strength);
-    int hw, hh;
+    int hw, hh, ow, oh;
     if (kiln_hires_enabled(p, &hw, &hh) && (hw < 8 || hh < 8 || hw > 16384 || hh > 16384))
         return kiln_error(KILN_EINVAL, "hr_scale: %g gives %dx%d, not between 8 and 16384", p->hr_scale, hw, hh);
+    if (kiln_hires_output_size(p, &ow, &oh) && (ow < 8 || oh < 8))
+        return kiln_error(KILN_EINVAL, "hr_resize: %dx%d leaves no image", p->hr_resize_x, p->hr_resize_y);
     return KILN_OK;
 }
 
@@ -305,10 +346,11 @@ int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *se
                       int batch_index, kiln_progress_fn progress, void *user, float *latents, kiln_hires_out *out,
                       kiln_sample_trace *trace) {
     KILN_TRY(kiln_hires_check(p));
-    int hr_w, hr_h;
-    if (!kiln_hires_enabled(p, &hr_w, &hr_h)) return kiln_error(KILN_EINVAL, "hr_scale: hires fix is off");
-    const int C = ctx->model->config.unet.in_channels, h = p->height / 8, w = p->width / 8, H = hr_h / 8, W = hr_w / 8;
-    float *first = malloc(sizeof(float) * batch * C * h * w), *up = malloc(sizeof(float) * batch * C * H * W);
+    int hr_w, hr_h, tx, ty;
+    if (!target(p, &hr_w, &hr_h, &tx, &ty)) return kiln_error(KILN_EINVAL, "hr_scale: hires fix is off");
+    const int C = ctx->model->config.unet.in_channels, h = p->height / 8, w = p->width / 8;
+    const int UH = hr_h / 8, UW = hr_w / 8, H = UH - ty, W = UW - tx; /* upscaled, then cut to the target */
+    float *first = malloc(sizeof(float) * batch * C * h * w), *up = malloc(sizeof(float) * batch * C * UH * UW);
     int rc = first && up ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
     kiln_sample_trace tr1 = {0};
     const int hr_steps = p->hr_steps > 0 ? p->hr_steps : p->steps;
@@ -321,7 +363,13 @@ int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *se
     if (rc == KILN_OK && mode >= UP_IMG_NONE)
         rc = image_upscale_pass(ctx, mode, first, seeds, batch, h, w, hr_h, hr_w, up);
     else if (rc == KILN_OK)
-        rc = kiln_latent_upscale(p->hr_upscaler, first, batch * C, h, w, H, W, up);
+        rc = kiln_latent_upscale(p->hr_upscaler, first, batch * C, h, w, UH, UW, up);
+    if (rc == KILN_OK && (tx || ty)) {
+        /* samples[:, :, ty//2 : UH-(ty+1)//2, tx//2 : UW-(tx+1)//2], in place (rows only move forward) */
+        for (int pl = 0; pl < batch * C; pl++)
+            for (int y = 0; y < H; y++)
+                memmove(up + ((size_t)pl * H + y) * W, up + ((size_t)pl * UH + y + ty / 2) * UW + tx / 2, sizeof(float) * W);
+    }
     /* sample_img2img(steps = hr_second_pass_steps or steps) takes the fixed-steps branch; hr conds use
        firstpass_steps and the hires total steps for prompt schedules */
     kiln_img2img_run run = {.init_latent = up, .lat_h = H, .lat_w = W, .steps = hr_steps, .fixed_steps = 1,
@@ -345,10 +393,9 @@ int kiln_generate_ext_size(const kiln_gen_params *p, int *out_w, int *out_h) {
     int w, h;
     /* on a failure here (out of memory) img2img runs and reports it */
     if (p->init_rgb) return kiln_img2img_output_size(p, out_w, out_h, NULL) == KILN_OK ? 1 : -1;
-    if (kiln_hires_enabled(p, &w, &h)) {
-        /* the decoded latent of (size // 8) */
-        *out_w = w / 8 * 8;
-        *out_h = h / 8 * 8;
+    if (kiln_hires_output_size(p, &w, &h)) {
+        *out_w = w;
+        *out_h = h;
         return 1;
     }
     return 0;
@@ -365,7 +412,7 @@ int kiln_generate_ext_batch(kiln_ctx *ctx, const kiln_gen_params *p, const int64
     if (p->init_rgb)
         return kiln_img2img_batch(ctx, p, seeds, subseeds, batch, batch_index, progress, user, NULL, rgb, NULL, trace);
     int hr_w, hr_h;
-    if (!kiln_hires_enabled(p, &hr_w, &hr_h)) return kiln_error(KILN_EINVAL, "kiln_generate_ext_batch: plain txt2img");
+    if (!kiln_hires_output_size(p, &hr_w, &hr_h)) return kiln_error(KILN_EINVAL, "kiln_generate_ext_batch: plain txt2img");
     const int C = ctx->model->config.unet.in_channels, H = hr_h / 8, W = hr_w / 8;
     float *lat = malloc(sizeof(float) * batch * C * H * W);
     if (!lat) return kiln_error(KILN_ENOMEM, "out of memory");
@@ -384,7 +431,12 @@ void kiln_generate_ext_infotext(const kiln_gen_params *p, kiln_infotext_params *
     ip->denoising_strength = p->denoising_strength;
     const int pf = ip->python_floats;
     if (hires && ip->n_extra + 3 <= cap) {
-        extra[ip->n_extra++] = (kiln_infotext_kv){"Hires upscale", kiln_infotext_float(p->hr_scale, pf, bufs[0])};
+        if (p->hr_resize_x > 0 || p->hr_resize_y > 0) {
+            snprintf(bufs[0], 32, "%dx%d", p->hr_resize_x, p->hr_resize_y);
+            extra[ip->n_extra++] = (kiln_infotext_kv){"Hires resize", bufs[0]};
+        } else {
+            extra[ip->n_extra++] = (kiln_infotext_kv){"Hires upscale", kiln_infotext_float(p->hr_scale, pf, bufs[0])};
+        }
         if (p->hr_steps > 0) {
             snprintf(bufs[1], 32, "%d", p->hr_steps);
             extra[ip->n_extra++] = (kiln_infotext_kv){"Hires steps", bufs[1]};

@@ -8,9 +8,14 @@
 
 #include "pipeline/img2img.h"
 
-/* The size the second pass runs at: int(width * hr_scale) x int(height * hr_scale) (A1111's target;
- * the latent is that // 8). Returns 0 when hires fix is off or changes nothing (A1111 then turns it off). */
+/* The size the first pass is upscaled to (A1111 hr_upscale_to_x/y): int(width * hr_scale) x
+ * int(height * hr_scale), or from hr_resize_x/y keeping the aspect ratio (covering the requested size).
+ * Returns 0 when hires fix is off or changes nothing (A1111 then turns it off). */
 int kiln_hires_enabled(const kiln_gen_params *p, int *hr_width, int *hr_height);
+
+/* The final image size: the upscaled latent (size // 8), less the rows and columns A1111 cuts off
+ * (centred) to reach hr_resize_x x hr_resize_y when both are given; times 8. 0 when hires fix is off. */
+int kiln_hires_output_size(const kiln_gen_params *p, int *w, int *h);
 
 /* Validates hr_scale / hr_upscaler / hr_steps / denoising_strength. */
 int kiln_hires_check(const kiln_gen_params *p);
@@ -29,11 +34,12 @@ int kiln_upscale_image(const char *upscaler, const uint8_t *rgb, int w, int h, i
 /* Optional intermediate results of one batch. */
 typedef struct kiln_hires_out {
     float *first_pass;         /* [batch, 4, h, w] */
-    float *upscaled;           /* [batch, 4, hr_h/8, hr_w/8] */
+    float *upscaled;           /* [batch, 4, out_h/8, out_w/8] (after the cut to hr_resize) */
     kiln_sample_trace *first;  /* the first pass's trace */
 } kiln_hires_out;
 
-/* Both passes for one batch: latents [batch, 4, hr_h/8, hr_w/8]; trace = the second pass's. */
+/* Both passes for one batch: latents [batch, 4, out_h/8, out_w/8] (kiln_hires_output_size); trace = the
+ * second pass's. */
 int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds, int batch,
                       int batch_index, kiln_progress_fn progress, void *user, float *latents, kiln_hires_out *out,
                       kiln_sample_trace *trace);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "net/net.h"
 
 #define P "model.diffusion_model."

@@ -140,7 +140,8 @@ static void conv_res_case(int N, int C, int H, int W, int O, int k, int stride, 
 }
 
 /* Shapes for the implicit-GEMM kernel (C, O multiples of 8): odd maps, stride 2, K not a multiple
- * of its 32-wide slices, O not a multiple of its column tiles, residual on and off. */
+ * of its 32/64-wide slices, O not a multiple of its column tiles, residual on and off. main() runs
+ * them once with the default tactics and once with KILN_CUDA_FORCE_IGEMM=1. */
 TEST(conv2d_igemm) {
     conv_res_case(2, 24, 7, 5, 40, 3, 1, 1, 1, 0);
     conv_res_case(2, 24, 7, 5, 40, 3, 1, 1, 1, 1);
@@ -511,7 +512,8 @@ int main(void) {
             RUN(resnet_block);
         }
     }
-    /* and with the implicit-GEMM kernel forced wherever it applies (C, O multiples of 8) */
+    /* and with the implicit-GEMM kernel (opt-in, off by default) forced wherever it applies (C, O
+     * multiples of 8) */
     kiln_backend_destroy(g_gpu);
     g_gpu = NULL;
     setenv("KILN_CUDA_FORCE_IGEMM", "1", 1);

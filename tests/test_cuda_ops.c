@@ -119,6 +119,42 @@ static void conv_case(int N, int C, int H, int W, int O, int k, int stride, int 
     tc_finish(&t, kiln_plan_conv2d_ex(t.p, x, w, b, stride, pad, pad_end), what, TOL_OP);
 }
 
+/* conv (symmetric padding), then optionally + another input of the output's shape: that add
+ * fuses into the conv's epilogue as its residual. */
+static void conv_res_case(int N, int C, int H, int W, int O, int k, int stride, int pad, int bias, int residual) {
+    tcase t;
+    tc_begin(&t);
+    char what[128];
+    snprintf(what, sizeof what, "conv %dx%dx%dx%d->%d k%d s%d p%d%s%s", N, C, H, W, O, k, stride, pad,
+             bias ? " bias" : "", residual ? " +res" : "");
+    float s = 1.0f / sqrtf((float)(C * k * k));
+    int x = tc_input(&t, "x", 4, N, C, H, W, 1.0f);
+    int w = tc_weight(&t, "w", 4, O, C, k, k, -s, s);
+    int b = bias ? tc_weight(&t, "b", 1, O, 0, 0, 0, -0.5f, 0.5f) : -1;
+    int y = kiln_plan_conv2d(t.p, x, w, b, stride, pad);
+    if (residual) {
+        int Ho = (H + 2 * pad - k) / stride + 1, Wo = (W + 2 * pad - k) / stride + 1;
+        y = kiln_plan_add(t.p, y, tc_input(&t, "r", 4, N, O, Ho, Wo, 1.0f));
+    }
+    tc_finish(&t, y, what, TOL_OP);
+}
+
+/* Shapes for the implicit-GEMM kernel (C, O multiples of 8): odd maps, stride 2, K not a multiple
+ * of its 32/64-wide slices, O not a multiple of its column tiles, residual on and off. main() runs
+ * them once with the default tactics and once with KILN_CUDA_FORCE_IGEMM=1. */
+TEST(conv2d_igemm) {
+    conv_res_case(2, 24, 7, 5, 40, 3, 1, 1, 1, 0);
+    conv_res_case(2, 24, 7, 5, 40, 3, 1, 1, 1, 1);
+    conv_res_case(2, 24, 7, 5, 40, 3, 2, 1, 1, 1);
+    conv_res_case(1, 8, 9, 9, 16, 3, 1, 1, 0, 1);
+    conv_res_case(2, 64, 16, 16, 136, 3, 1, 1, 1, 1);
+    conv_res_case(2, 32, 13, 11, 64, 3, 2, 1, 1, 0);
+    conv_res_case(1, 16, 6, 7, 24, 5, 1, 2, 1, 1);
+    conv_res_case(2, 320, 8, 8, 320, 3, 1, 1, 1, 1);
+    conv_res_case(1, 40, 5, 5, 8, 1, 2, 0, 1, 0);
+    conv_res_case(3, 48, 19, 17, 72, 3, 1, 1, 1, 1);
+}
+
 TEST(conv2d) {
     conv_case(2, 8, 9, 9, 16, 3, 1, 1, 0, 1);
     conv_case(1, 4, 8, 8, 24, 3, 1, 1, 0, 1);     /* 4 latent channels in (U-Net conv_in) */
@@ -453,6 +489,7 @@ int main(void) {
         return 1;
     }
     RUN(conv2d);
+    RUN(conv2d_igemm);
     RUN(linear);
     RUN(group_norm);
     RUN(layer_norm);
@@ -475,7 +512,19 @@ int main(void) {
             RUN(resnet_block);
         }
     }
+    /* and with the implicit-GEMM kernel (opt-in, off by default) forced wherever it applies (C, O
+     * multiples of 8) */
     kiln_backend_destroy(g_gpu);
+    g_gpu = NULL;
+    setenv("KILN_CUDA_FORCE_IGEMM", "1", 1);
+    if (kiln_backend_cuda_create(0, &g_gpu) == 0) {
+        RUN(conv2d);
+        RUN(conv2d_igemm);
+        RUN(resnet_block);
+    } else {
+        CHECK_MSG(0, "cuda backend with KILN_CUDA_FORCE_IGEMM: %s", kiln_last_error());
+    }
+    if (g_gpu) kiln_backend_destroy(g_gpu);
     kiln_backend_destroy(g_cpu);
     return test_summary();
 }

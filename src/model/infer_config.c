@@ -58,6 +58,9 @@ static int infer_unet(struct kiln_model *m, kiln_unet_config *u) {
     }
     if (first_down < 2) return kiln_error(KILN_EFORMAT, "%s: cannot find the UNet's first downsampler (input_blocks.N.0.op)", m->path);
     u->num_res_blocks = first_down - 1;
+    if (u->num_res_blocks > 8)
+        return kiln_error(KILN_EUNSUPPORTED, "%s: %d resnets per U-Net level (input_blocks.%d.0.op); kiln supports up to 8",
+                          m->path, u->num_res_blocks, first_down);
     int per_level = u->num_res_blocks + 1;
     u->n_levels = n_input / per_level;
     if (u->n_levels < 1 || u->n_levels > KILN_MAX_LEVELS || 1 + u->n_levels * per_level - 1 != n_input)

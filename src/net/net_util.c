@@ -37,5 +37,5 @@ int kiln_net_layer_norm(kiln_plan *p, int x, const char *prefix, int64_t channel
 }
 
 int64_t kiln_net_channels(const kiln_plan *p, int slot) {
-    return slot >= 0 && slot < p->n_slots ? p->slots[slot].shape[1] : 0;
+    return kiln_plan_slot(p, slot)->shape[1];
 }

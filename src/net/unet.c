@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/error.h"
 #include "net/net.h"
 
 #define P "model.diffusion_model."
@@ -94,7 +95,7 @@ static int transformer_block(unet_builder *u, int x, const char *pre, int64_t ch
 static int spatial_transformer(unet_builder *u, int x, const char *pre, int depth) {
     kiln_plan *p = u->p;
     kiln_plan_set_label(p, "%s", pre);
-    const kiln_slot *s = &p->slots[x];
+    const kiln_slot *s = kiln_plan_slot(p, x);
     int64_t ch = s->shape[1];
     int h_ = (int)s->shape[2], w_ = (int)s->shape[3];
     char n[256];
@@ -123,6 +124,10 @@ static int spatial_transformer(unet_builder *u, int x, const char *pre, int dept
 
 int kiln_build_unet(kiln_plan *p, const kiln_unet_config *c, int batch, int h, int w, int ctx_len) {
     unet_builder u = {.p = p, .c = c};
+    if (c->n_levels < 1 || c->n_levels > KILN_MAX_LEVELS || c->num_res_blocks < 1 ||
+        1 + c->n_levels * (c->num_res_blocks + 1) > (int)(sizeof u.skips / sizeof *u.skips))
+        return p->status = kiln_error(KILN_EUNSUPPORTED, "U-Net with %d levels of %d resnets is not supported",
+                                      c->n_levels, c->num_res_blocks);
     const int64_t xs[4] = {batch, c->in_channels, h, w}, ts[1] = {batch}, cs[3] = {batch, ctx_len, c->context_dim};
     int x = kiln_plan_input(p, "x", KILN_SLOT_F32, 4, xs);
     int t = kiln_plan_input(p, "t", KILN_SLOT_F32, 1, ts);
@@ -181,7 +186,7 @@ int kiln_build_unet(kiln_plan *p, const kiln_unet_config *c, int batch, int h, i
             }
             if (l != 0 && j == c->num_res_blocks) {
                 /* nearest upsample to the size of the skip it will be concatenated with (odd sizes included) */
-                const kiln_slot *skip = &p->slots[u.skips[u.n_skips - 1]];
+                const kiln_slot *skip = kiln_plan_slot(p, u.skips[u.n_skips - 1]);
                 name(n, sizeof n, P "output_blocks.%d.%d.conv", blk, sub);
                 kiln_plan_set_label(p, "%s", n);
                 x = kiln_plan_upsample_nearest(p, x, (int)skip->shape[2], (int)skip->shape[3]);

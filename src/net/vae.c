@@ -33,7 +33,7 @@ static int resnet(kiln_plan *p, const kiln_vae_config *c, int x, const char *pre
 /* AttnBlock: single-head self-attention over H*W with 1x1-conv q/k/v/proj_out, + x. */
 static int attn_block(kiln_plan *p, const kiln_vae_config *c, int x, const char *pre) {
     kiln_plan_set_label(p, "%s", pre);
-    const kiln_slot *s = &p->slots[x];
+    const kiln_slot *s = kiln_plan_slot(p, x);
     int64_t ch = s->shape[1];
     int h_ = (int)s->shape[2], w_ = (int)s->shape[3];
     char n[256];
@@ -80,7 +80,7 @@ int kiln_build_vae_decoder(kiln_plan *p, const kiln_vae_config *c, int batch, in
         if (l != 0) {
             snprintf(n, sizeof n, P "decoder.up.%d.upsample.conv", l);
             kiln_plan_set_label(p, "%s", n);
-            const kiln_slot *s = &p->slots[x];
+            const kiln_slot *s = kiln_plan_slot(p, x);
             x = kiln_plan_upsample_nearest(p, x, (int)s->shape[2] * 2, (int)s->shape[3] * 2);
             x = kiln_net_conv(p, x, n, ch, ch, 3, 1, 1);
         }

@@ -622,3 +622,8 @@ double kiln_op_flops(const kiln_plan *p, const kiln_op *op) {
     default: return numel;
     }
 }
+
+const kiln_slot *kiln_plan_slot(const kiln_plan *p, int id) {
+    static const kiln_slot none; /* all zero: shape [0, 0, 0, 0] */
+    return p && id >= 0 && id < p->n_slots ? &p->slots[id] : &none;
+}

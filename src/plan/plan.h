@@ -143,6 +143,9 @@ void kiln_plan_set_label(kiln_plan *p, const char *fmt, ...);
 int kiln_plan_finalize(kiln_plan *p);
 
 /* ---- inspecting ---- */
+/* The slot with that id; for an invalid id (-1 after the plan failed) a zeroed slot, so builders can read shapes
+ * unconditionally and check the plan's status once at the end. */
+const kiln_slot *kiln_plan_slot(const kiln_plan *p, int id);
 int64_t kiln_slot_numel(const kiln_slot *s);
 /* Slot id of the input or output with that name, or -1. */
 int kiln_plan_find(const kiln_plan *p, const char *name);

@@ -1,11 +1,16 @@
 // cuda_conv.cu — 2-D convolution on NHWC fp16 activations with [O,kh,kw,C] fp16 weights.
 //
-// Three methods, the fastest chosen by timing at compile time:
+// Up to four methods, the fastest chosen by timing at compile time:
 //  - GEMM: a 1x1 stride-1 convolution is a matrix product over pixels, bias and residual fused;
 //  - IM2COL: patches gathered into a [pixels, kh*kw*C] buffer, then one cuBLASLt product with
 //    the bias and the residual fused into its epilogue;
 //  - CUDNN: cuDNN's own tensor-core kernels (algorithm found by cuDNN's timing), with bias and
-//    residual through cudnnConvolutionBiasActivationForward or a small follow-up kernel.
+//    residual through cudnnConvolutionBiasActivationForward or a small follow-up kernel;
+//  - IGEMM (opt-in): kiln's implicit-GEMM kernel (cuda_conv_igemm.cu), patches gathered straight
+//    into shared memory, bias and residual in its epilogue; each of its block shapes is timed.
+//    On an H100 it lost to IM2COL/CUDNN on every SD 1.5 shape (NOTES.md), so timing it would only
+//    lengthen compiles: KILN_CUDA_IGEMM=1 adds it to the timing, KILN_CUDA_FORCE_IGEMM=1 uses it
+//    wherever it applies without timing the others (tests).
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,12 +213,42 @@ static int kc_conv_launch(kc_libs *libs, const kc_conv *cv, const kc_half *x, co
         size_t col_bytes = (kc_im2col_bytes(cv->N, cv->C, cv->kh, cv->kw, cv->Ho, cv->Wo) + 255) & ~(size_t)255;
         return kc_gemm_run(libs, &cv->gemm, (kc_half *)scratch, w, bias, res, y, (char *)scratch + col_bytes);
     }
+    case KC_CONV_IGEMM: return kc_igemm_launch(libs->stream, cv->igemm_cfg, cv, x, w, bias, res, y);
 #ifdef KILN_HAVE_CUDNN
     case KC_CONV_CUDNN:
         return kc_cudnn_launch(libs, cv, (const kc_cudnn_state *)cv->cudnn_state, x, w, bias, res, y, scratch);
 #endif
     default: return kiln_error(KILN_EBACKEND, "conv: no method chosen");
     }
+}
+
+static int kc_cmp_ms(const void *a, const void *c) {
+    float p = *(const float *)a, q = *(const float *)c;
+    return (p > q) - (p < q);
+}
+
+// Median of 5 measurements of 4 back-to-back runs (after one warm-up run) of the method cv names.
+static int kc_time_method(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *b,
+                          const kc_half *r, kc_half *y, void *scratch, float *ms) {
+    cudaEvent_t e0, e1;
+    KC_CUDA(cudaEventCreate(&e0));
+    KC_CUDA(cudaEventCreate(&e1));
+    float t[5];
+    int rc = kc_conv_launch(libs, cv, x, w, b, r, y, scratch);
+    for (int i = 0; i < 5 && rc == 0; i++) {
+        cudaEventRecord(e0, libs->stream);
+        for (int k = 0; k < 4 && rc == 0; k++) rc = kc_conv_launch(libs, cv, x, w, b, r, y, scratch);
+        cudaEventRecord(e1, libs->stream);
+        if (cudaEventSynchronize(e1) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "conv timing: kernel failed");
+        cudaEventElapsedTime(&t[i], e0, e1);
+        t[i] /= 4.0f;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (rc) return rc;
+    qsort(t, 5, sizeof t[0], kc_cmp_ms);
+    *ms = t[2];
+    return 0;
 }
 
 #ifdef KILN_HAVE_CUDNN
@@ -281,17 +316,20 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
         return 0;
     }
     float best = FLT_MAX;
-    cv->im2col_ms = cv->cudnn_ms = FLT_MAX;
+    cv->im2col_ms = cv->cudnn_ms = cv->igemm_ms = FLT_MAX;
+    int force_igemm = getenv("KILN_CUDA_FORCE_IGEMM") != NULL;
+    int igemm = (force_igemm || getenv("KILN_CUDA_IGEMM")) && kc_igemm_supported(cv, x, w, b, r, y);
+    int others = !(igemm && force_igemm);
     size_t col = kc_im2col_bytes(N, C, kh, kw, cv->Ho, cv->Wo), col_bytes = (col + 255) & ~(size_t)255;
 #ifdef KILN_HAVE_CUDNN
     kc_cudnn_state *d = NULL;
     float dnn_ms = FLT_MAX;
-    KILN_TRY(kc_cudnn_try(libs, cv, x, w, b, r, y, scratch, scratch_size, &d, &dnn_ms));
+    if (others) KILN_TRY(kc_cudnn_try(libs, cv, x, w, b, r, y, scratch, scratch_size, &d, &dnn_ms));
     int allow_im2col = col <= kc_im2col_limit || !d;
 #else
     int allow_im2col = 1;
 #endif
-    if (allow_im2col && col_bytes < scratch_size) {
+    if (others && allow_im2col && col_bytes < scratch_size) {
         kc_conv probe = *cv;
         probe.method = KC_CONV_IM2COL;
         int K = kh * kw * C;
@@ -302,26 +340,13 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
                               (char *)scratch + col_bytes, scratch_size - col_bytes);
         if (rc == 0) {
             probe.scratch = col_bytes + probe.gemm.workspace;
-            cudaEvent_t e0, e1;
-            KC_CUDA(cudaEventCreate(&e0));
-            KC_CUDA(cudaEventCreate(&e1));
-            float t[5];
-            KILN_TRY(kc_conv_launch(libs, &probe, x, w, b, r, y, scratch));
-            for (int i = 0; i < 5; i++) {
-                cudaEventRecord(e0, libs->stream);
-                for (int k = 0; k < 4; k++) KILN_TRY(kc_conv_launch(libs, &probe, x, w, b, r, y, scratch));
-                cudaEventRecord(e1, libs->stream);
-                KC_CUDA(cudaEventSynchronize(e1));
-                cudaEventElapsedTime(&t[i], e0, e1);
-                t[i] /= 4.0f;
+            float t = FLT_MAX;
+            rc = kc_time_method(libs, &probe, x, w, b, r, y, scratch, &t);
+            if (rc) {
+                kc_gemm_destroy(&probe.gemm);
+                return rc;
             }
-            cudaEventDestroy(e0);
-            cudaEventDestroy(e1);
-            qsort(t, 5, sizeof t[0], [](const void *a, const void *c) {
-                float p = *(const float *)a, q = *(const float *)c;
-                return (p > q) - (p < q);
-            });
-            best = t[2];
+            best = t;
             probe.im2col_ms = best;
             *cv = probe;
         } else {
@@ -340,6 +365,35 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
         kc_cudnn_free(d);
     }
 #endif
+    if (igemm) {
+        kc_conv probe = *cv;
+        probe.method = KC_CONV_IGEMM;
+        probe.scratch = 0;
+        memset(&probe.gemm, 0, sizeof probe.gemm);
+        probe.cudnn_state = NULL;
+        int best_cfg = -1;
+        for (int k = 0; k < kc_igemm_n_configs(); k++) {
+            probe.igemm_cfg = k;
+            float t = FLT_MAX;
+            if (kc_time_method(libs, &probe, x, w, b, r, y, scratch, &t) != 0) {  // this shape cannot run
+                kiln_error_clear();
+                cudaGetLastError();
+                continue;
+            }
+            if (t < cv->igemm_ms) cv->igemm_ms = t, best_cfg = k;
+        }
+        if (best_cfg >= 0 && cv->igemm_ms < best) {
+            kc_gemm_destroy(&cv->gemm);
+#ifdef KILN_HAVE_CUDNN
+            kc_cudnn_free((kc_cudnn_state *)cv->cudnn_state);
+#endif
+            cv->cudnn_state = NULL;
+            cv->method = KC_CONV_IGEMM;
+            cv->igemm_cfg = best_cfg;
+            cv->scratch = 0;
+            best = cv->igemm_ms;
+        }
+    }
     if (best == FLT_MAX)
         return kiln_error(KILN_EBACKEND, "conv %dx%dx%dx%d -> %d (%dx%d, stride %d, pad %d+%d): no method runs", N, C,
                           H, W, O, kh, kw, stride, pad, pad_end);

@@ -79,14 +79,15 @@ int kc_gemm_batched(kc_libs *libs, int m, int n, int k, float alpha, const kc_ha
 typedef struct kc_conv {
     int N, C, H, W, O, kh, kw, stride, pad, pad_end, Ho, Wo;  // pad before, pad + pad_end after
     int has_bias, has_residual;
-    int method;             // KC_CONV_GEMM (1x1 stride 1), KC_CONV_IM2COL, KC_CONV_CUDNN
+    int method;             // KC_CONV_GEMM (1x1 stride 1), KC_CONV_IM2COL, KC_CONV_CUDNN, KC_CONV_IGEMM
     kc_gemm gemm;           // GEMM and IM2COL methods
     void *cudnn_state;      // descriptors and algorithm for KC_CONV_CUDNN
     size_t scratch;         // bytes of scratch needed (im2col buffer / cuDNN workspace / GEMM workspace)
     float best_ms;
-    float im2col_ms, cudnn_ms;  // what each method measured (FLT_MAX: not tried)
+    int igemm_cfg;          // block shape of KC_CONV_IGEMM (index into cuda_conv_igemm.cu's table)
+    float im2col_ms, cudnn_ms, igemm_ms;  // what each method measured (FLT_MAX: not tried)
 } kc_conv;
-enum { KC_CONV_GEMM = 1, KC_CONV_IM2COL = 2, KC_CONV_CUDNN = 3 };
+enum { KC_CONV_GEMM = 1, KC_CONV_IM2COL = 2, KC_CONV_CUDNN = 3, KC_CONV_IGEMM = 4, KC_CONV_METHODS = 5 };
 
 // Scratch the conv may need before tuning (im2col buffer + GEMM workspace), for sizing the arena.
 size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad, int pad_end);
@@ -97,6 +98,15 @@ int kc_conv_run(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_hal
                 const kc_half *res, kc_half *y, void *scratch);
 void kc_conv_destroy(kc_conv *cv);
 extern const size_t kc_gemm_workspace_bytes;
+
+// ---- implicit-GEMM convolution (cuda_conv_igemm.cu): C % 8 == 0, O % 8 == 0, symmetric padding,
+// any kernel size and stride; no scratch. cv's shape fields (N..Wo) describe the convolution.
+int kc_igemm_supported(const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
+                       const kc_half *res, const kc_half *y);
+int kc_igemm_n_configs(void);
+const char *kc_igemm_config_name(int cfg);
+int kc_igemm_launch(cudaStream_t s, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
+                    const kc_half *bias, const kc_half *res, kc_half *y);
 
 // ---- norms (cuda_norm.cu)
 // GroupNorm over x laid out as element (n, c, p) at n*sn + c*sc + p*sp (p = spatial index, P of them).

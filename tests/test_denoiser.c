@@ -3,6 +3,7 @@
  * prompt-editing schedules switching the cond by call count. */
 #include "core/error.h"
 #include "pipeline/denoiser.h"
+#include "pipeline/txt2img.h"
 #include "test.h"
 
 static kiln_model *model;
@@ -69,6 +70,20 @@ TEST(prompt_editing_switches_by_call) {
     kiln_cfg_denoiser_free(&d);
 }
 
+TEST(schedules_span_second_order_calls) {
+    /* A1111 builds prompt schedules for steps x 2 with second-order samplers (two denoiser calls per step) */
+    kiln_gen_params p;
+    kiln_gen_params_init(&p);
+    p.sampler = "Heun";
+    CHECK(kiln_cond_total_steps(&p, 5) == 10);
+    p.sampler = "DPM2 a";
+    CHECK(kiln_cond_total_steps(&p, 20) == 40);
+    p.sampler = "Euler a";
+    CHECK(kiln_cond_total_steps(&p, 20) == 20);
+    p.sampler = "DPM++ 2M Karras";
+    CHECK(kiln_cond_total_steps(&p, 7) == 7);
+}
+
 int main(void) {
     char vocab[1024];
     snprintf(vocab, sizeof vocab, "%s/data/bpe_simple_vocab_16e6.txt.gz", KILN_SOURCE_DIR);
@@ -80,6 +95,7 @@ int main(void) {
     kiln_schedule_init_sd(&sched, KILN_PREDICT_EPS);
     RUN(s_min_uncond_skips_uncond_on_odd_calls);
     RUN(prompt_editing_switches_by_call);
+    RUN(schedules_span_second_order_calls);
     kiln_ctx_free(ctx);
     kiln_model_free(model);
     return test_summary();

@@ -60,13 +60,6 @@ void kiln_img2img_steps(int steps, double strength, int fixed, int *schedule_ste
     }
 }
 
-int kiln_cond_total_steps(const kiln_gen_params *p, int steps) {
-    const kiln_sampler_info *s;
-    char sched[32];
-    if (kiln_sampler_lookup(p->sampler ? p->sampler : "DPM++ 2M", &s, sched, sizeof sched)) return steps;
-    return s->second_order ? 2 * steps : steps;
-}
-
 int kiln_img2img_check(const kiln_gen_params *p) {
     if (!(p->denoising_strength >= 0 && p->denoising_strength <= 1))
         return kiln_error(KILN_EINVAL, "denoising_strength: %g is not between 0 and 1", p->denoising_strength);

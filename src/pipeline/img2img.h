@@ -47,10 +47,6 @@ int kiln_img2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const kiln_img2
                         const int64_t *subseeds, int batch, int batch_index, kiln_progress_fn progress, void *user,
                         float *latents, kiln_sample_trace *trace);
 
-/* A1111 SamplerData.total_steps, the step count prompt schedules are made for: second-order samplers
- * count two model calls per step. */
-int kiln_cond_total_steps(const kiln_gen_params *p, int steps);
-
 /* Validates the img2img / inpainting fields of p (with a message naming the field). */
 int kiln_img2img_check(const kiln_gen_params *p);
 

@@ -53,6 +53,13 @@ void kiln_sample_trace_free(kiln_sample_trace *t) {
     t->sigmas = NULL;
 }
 
+int kiln_cond_total_steps(const kiln_gen_params *p, int steps) {
+    const kiln_sampler_info *s;
+    char sched[32];
+    if (kiln_sampler_lookup(p->sampler ? p->sampler : "DPM++ 2M", &s, sched, sizeof sched)) return steps;
+    return s->second_order ? 2 * steps : steps;
+}
+
 int kiln_gen_params_check(const kiln_ctx *ctx, const kiln_gen_params *p) {
     if (!p->prompt) return kiln_error(KILN_EINVAL, "prompt: missing");
     if (p->width < 8 || p->width > 16384 || p->width % 8)
@@ -168,8 +175,8 @@ int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *
     double t0 = kiln_now(), t1 = t0;
     if (rc == KILN_OK) {
         kiln_ti_set ti = {ctx->embeddings ? ctx->embeddings->n : 0, ctx->ti_refs, ctx->ti_vectors};
-        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt, p->steps, 0, p->clip_skip,
-                                    ti.n ? &ti : NULL);
+        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt,
+                                    kiln_cond_total_steps(p, p->steps), 0, p->clip_skip, ti.n ? &ti : NULL);
         t1 = kiln_now();
         den.batch = batch;
         den.channels = C;

@@ -21,6 +21,10 @@ void kiln_sample_trace_free(kiln_sample_trace *t);
 /* Monotonic wall-clock seconds. */
 double kiln_now(void);
 
+/* The step count A1111 builds prompt schedules for (processing.setup_conds): steps x 2 for second-order samplers
+ * (Heun, DPM2, ...), whose denoiser makes two calls per step, since schedules are looked up by call count. */
+int kiln_cond_total_steps(const kiln_gen_params *p, int steps);
+
 /* Validates p (every field, with a message naming it). */
 int kiln_gen_params_check(const kiln_ctx *ctx, const kiln_gen_params *p);
 

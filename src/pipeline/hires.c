@@ -372,11 +372,11 @@ int kiln_hires_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *se
     }
     /* sample_img2img(steps = hr_second_pass_steps or steps) takes the fixed-steps branch; hr conds use
        firstpass_steps and the hires total steps for prompt schedules */
-    kiln_img2img_run run = {.init_latent = up, .lat_h = H, .lat_w = W, .steps = hr_steps, .fixed_steps = 1,
+    kiln_sample_run run = {.init_latent = up, .lat_h = H, .lat_w = W, .steps = hr_steps, .fixed_steps = 1,
                             .denoising_strength = p->denoising_strength, .cond_steps = kiln_cond_total_steps(p, p->steps),
                             .cond_hires_steps = kiln_cond_total_steps(p, hr_steps)};
     if (rc == KILN_OK)
-        rc = kiln_img2img_sample(ctx, p, &run, seeds, subseeds, batch, batch_index, pf, &hp, latents, trace);
+        rc = kiln_sample_latents(ctx, p, &run, seeds, subseeds, batch, batch_index, pf, &hp, latents, trace);
     if (rc == KILN_OK && out) {
         if (out->first_pass) memcpy(out->first_pass, first, sizeof(float) * batch * C * h * w);
         if (out->upscaled) memcpy(out->upscaled, up, sizeof(float) * batch * C * H * W);

@@ -1,7 +1,7 @@
 /* img2img.h — A1111's img2img and inpainting (StableDiffusionProcessingImg2Img, webui v1.9.4): the init
  * image resized (resize_image), encoded with the VAE and *sampled* from its posterior, the t_enc slice of
  * the sigma schedule, x = init + noise * sigma, the txt2img sampler and CFG denoiser, the inpainting blend
- * and overlay. The hires-fix second pass (hires.c) runs through kiln_img2img_sample too.
+ * and overlay. The sampling itself is sample_run.c's, shared with txt2img and the hires-fix second pass.
  *
  * The posterior noise: A1111 draws eps from torch's global CPU generator, which it never seeds from the
  * job, so its img2img is not reproducible from the settings. kiln draws eps for image b from
@@ -10,7 +10,7 @@
 #ifndef KILN_PIPELINE_IMG2IMG_H
 #define KILN_PIPELINE_IMG2IMG_H
 
-#include "pipeline/txt2img.h"
+#include "pipeline/sample_run.h"
 
 /* Encodes one RGB8 image [height][width][3] (multiples of 8): u8/255*2-1 -> VAE encoder -> mean and
  * logvar [z, height/8, width/8], logvar clamped to [-30, 20] as LDM's DiagonalGaussianDistribution. */
@@ -22,30 +22,6 @@ void kiln_vae_posterior_sample(double scale, const float *mean, const float *log
 
 /* kiln's default posterior noise (see above): the first torch.randn(n) of a CPU generator seeded with seed. */
 void kiln_vae_posterior_noise(int64_t seed, size_t n, float *eps);
-
-/* A1111 setup_img2img_steps: the schedule's step count and t_enc (the sampler runs t_enc + 1 steps over
- * sigmas[schedule_steps - t_enc - 1:]). fixed: the fixed-steps branch (hires pass, img2img_fix_steps):
- * exactly `steps` steps of a longer schedule. */
-void kiln_img2img_steps(int steps, double strength, int fixed, int *schedule_steps, int *t_enc);
-
-/* One img2img sampling run over a batch of init latents. */
-typedef struct kiln_img2img_run {
-    const float *init_latent;  /* [batch, 4, lat_h, lat_w] */
-    const float *nmask;        /* inpainting: [batch, 4, lat_h, lat_w], 1 = repaint; NULL = none */
-    int lat_h, lat_w;
-    int steps;                 /* requested steps (p->steps; hires: hr_steps or steps) */
-    int fixed_steps;           /* 1 = A1111's fixed-steps branch (the hires pass) */
-    double denoising_strength;
-    int cond_steps;            /* prompt schedules: steps ... */
-    int cond_hires_steps;      /*   ... and hires steps (0 = not a hires pass) */
-} kiln_img2img_run;
-
-/* Samples: a fresh ImageRNG at the run's latent shape gives the noise (draw 0) and the sampler's draws;
- * x = init + noise * sigmas[0] (DDIM & co.: init*sqrt(a) + noise*sqrt(1-a)); with a mask the denoised
- * latents are blended after CFG and the result after sampling. latents: [batch, 4, lat_h, lat_w]. */
-int kiln_img2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const kiln_img2img_run *run, const int64_t *seeds,
-                        const int64_t *subseeds, int batch, int batch_index, kiln_progress_fn progress, void *user,
-                        float *latents, kiln_sample_trace *trace);
 
 /* Validates the img2img / inpainting fields of p (with a message naming the field). */
 int kiln_img2img_check(const kiln_gen_params *p);

@@ -2,6 +2,8 @@
  * infotext. Follows webui v1.9.4 processing.py / sd_samplers_kdiffusion.py / sd_samplers_timesteps.py. */
 #include "pipeline/txt2img.h"
 
+#include "pipeline/sample_run.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,11 +13,9 @@
 #include "core/sha256.h"
 #include "io/image.h"
 #include "io/infotext.h"
-#include "model/embeddings.h"
-#include "pipeline/denoiser.h"
-#include "sample/brownian.h"
+#include "pipeline/sample_run.h"
+#include "sample/rng.h"
 #include "sample/schedulers.h"
-#include "sample/seeds.h"
 
 void kiln_gen_params_init(kiln_gen_params *p) {
     memset(p, 0, sizeof *p);
@@ -100,145 +100,12 @@ int kiln_gen_params_check(const kiln_ctx *ctx, const kiln_gen_params *p) {
     return KILN_OK;
 }
 
-/* The sampler and scheduler as A1111 resolves them: an explicit scheduler wins over a combined name's suffix,
- * "Automatic" becomes the sampler's default. */
-static int resolve(const kiln_gen_params *p, const kiln_sampler_info **s, kiln_scheduler *sched, int *automatic) {
-    char from_name[32];
-    KILN_TRY(kiln_sampler_lookup(p->sampler ? p->sampler : "DPM++ 2M", s, from_name, sizeof from_name));
-    const char *want = p->scheduler && *p->scheduler ? p->scheduler : "Automatic";
-    KILN_TRY(kiln_scheduler_find(want, sched));
-    if (*sched == KILN_SCHED_AUTOMATIC && from_name[0]) KILN_TRY(kiln_scheduler_find(from_name, sched));
-    *automatic = *sched == KILN_SCHED_AUTOMATIC;
-    if (*automatic && (*s)->default_scheduler) KILN_TRY(kiln_scheduler_find((*s)->default_scheduler, sched));
-    return KILN_OK;
-}
-
-typedef struct noise_source {
-    kiln_image_rng *rng;
-    kiln_brownian *brownian;
-} noise_source;
-
-static int on_randn(void *user, float *out) {
-    kiln_image_rng_next(((noise_source *)user)->rng, out);
-    return KILN_OK;
-}
-static int on_brownian(void *user, double sigma, double sigma_next, float *out) {
-    return kiln_brownian_noise(((noise_source *)user)->brownian, (float)sigma, (float)sigma_next, out);
-}
-
-/* The sampler io carries one user pointer; these adapters route each callback to its owner. */
-typedef struct run_state {
-    kiln_cfg_denoiser *denoiser;
-    noise_source *noise;
-    kiln_progress_fn progress;
-    void *progress_user;
-    int batch_index;
-} run_state;
-static int cb_denoise(void *u, const float *x, double s, float *d) { return kiln_cfg_denoise(((run_state *)u)->denoiser, x, s, d); }
-static int cb_eps(void *u, const float *x, double t, float *e) { return kiln_cfg_eps(((run_state *)u)->denoiser, x, t, e); }
-static int cb_randn(void *u, float *out) { return on_randn(((run_state *)u)->noise, out); }
-static int cb_brownian(void *u, double s, double sn, float *out) { return on_brownian(((run_state *)u)->noise, s, sn, out); }
-static int cb_step(void *u, int step, int total, const float *x, const float *den) {
-    run_state *r = u;
-    return r->progress ? r->progress(r->progress_user, r->batch_index, step + 1, total) : 0;
-}
-
 int kiln_txt2img_sample(kiln_ctx *ctx, const kiln_gen_params *p, const int64_t *seeds, const int64_t *subseeds,
                         int batch, int batch_index, kiln_progress_fn progress, void *user, float *latents,
                         kiln_sample_trace *trace) {
-    const kiln_model_config *mc = &ctx->model->config;
-    const kiln_sampler_info *s;
-    kiln_scheduler sched_id;
-    int automatic;
-    KILN_TRY(resolve(p, &s, &sched_id, &automatic));
-    kiln_rng_source src;
-    KILN_TRY(kiln_rng_source_parse(p->rng ? p->rng : "GPU", &src));
-    kiln_schedule schedule;
-    kiln_schedule_init_sd(&schedule, mc->prediction);
-
-    const int C = mc->unet.in_channels, h = p->height / 8, w = p->width / 8;
-    const size_t n = (size_t)batch * C * h * w;
-    kiln_image_rng_opts ro = {.source = src, .batch = batch, .channels = C, .height = h, .width = w, .seeds = seeds,
-                              .subseeds = subseeds, .n_subseeds = batch, .subseed_strength = p->subseed_strength,
-                              .seed_resize_from_w = p->seed_resize_from_w, .seed_resize_from_h = p->seed_resize_from_h,
-                              .eta_noise_seed_delta = p->ensd};
-    noise_source noise = {0};
-    kiln_cfg_denoiser den = {0};
-    float *sigmas_f = NULL;
-    double *sigmas = NULL;
-    int n_sigmas = 0, rc = kiln_image_rng_create(&ro, &noise.rng);
-    if (rc == KILN_OK) kiln_image_rng_next(noise.rng, latents); /* draw 0: the initial noise */
-    if (rc == KILN_OK && trace) {
-        trace->noise = malloc(sizeof(float) * n);
-        if (trace->noise) memcpy(trace->noise, latents, sizeof(float) * n);
-    }
-    double t0 = kiln_now(), t1 = t0;
-    if (rc == KILN_OK) {
-        kiln_ti_set ti = {ctx->embeddings ? ctx->embeddings->n : 0, ctx->ti_refs, ctx->ti_vectors};
-        rc = kiln_cfg_denoiser_init(&den, ctx, &schedule, p->prompt, p->negative_prompt,
-                                    kiln_cond_total_steps(p, p->steps), 0, p->clip_skip, ti.n ? &ti : NULL);
-        t1 = kiln_now();
-        den.batch = batch;
-        den.channels = C;
-        den.lat_h = h;
-        den.lat_w = w;
-        den.cfg_scale = p->cfg_scale;
-        den.s_min_uncond = p->s_min_uncond;
-    }
-    run_state st = {.denoiser = &den, .noise = &noise, .progress = progress, .progress_user = user,
-                    .batch_index = batch_index};
-    kiln_sampler_io io;
-    kiln_sampler_io_defaults(s, &io);
-    io.n = n;
-    io.denoise = cb_denoise;
-    io.eps_at = cb_eps;
-    io.randn = cb_randn;
-    io.brownian = cb_brownian;
-    io.on_step = cb_step;
-    io.user = &st;
-    io.alphas_cumprod = schedule.alphas_cumprod;
-    if (p->eta >= 0) io.eta = p->eta;
-    if (rc == KILN_OK && s->timestep_sampler) {
-        int ts[10002];
-        int nt = kiln_sampler_timesteps(p->steps, s->discard_penultimate_sigma, ts, 10002);
-        rc = nt < 0 ? nt : kiln_sample_timesteps(s, &io, ts, nt, latents); /* x starts as the unscaled noise */
-    } else if (rc == KILN_OK) {
-        kiln_sigma_opts so = {.discard_penultimate = s->discard_penultimate_sigma != 0};
-        rc = kiln_scheduler_sigmas(sched_id, &schedule, p->steps, &so, &sigmas_f, &n_sigmas);
-        if (rc == KILN_OK) {
-            sigmas = malloc(sizeof(double) * (size_t)n_sigmas);
-            if (!sigmas) rc = kiln_error(KILN_ENOMEM, "out of memory");
-        }
-        for (int i = 0; rc == KILN_OK && i < n_sigmas; i++) sigmas[i] = sigmas_f[i];
-        if (rc == KILN_OK && s->brownian_noise) {
-            /* k-diffusion's BrownianTreeNoiseSampler spans the nonzero sigmas of the schedule */
-            float smin = sigmas_f[n_sigmas - 1] > 0 ? sigmas_f[n_sigmas - 1] : sigmas_f[n_sigmas - 2];
-            rc = kiln_brownian_create(src, seeds, batch, n / (size_t)batch, smin, sigmas_f[0], &noise.brownian);
-        }
-        if (rc == KILN_OK) {
-            io.dpm_sigma_min = schedule.sigma_min;
-            io.dpm_sigma_max = schedule.sigma_max;
-            for (size_t i = 0; i < n; i++) latents[i] *= sigmas_f[0]; /* x = noise * sigmas[0] (float32) */
-            rc = kiln_sample(s, &io, sigmas, n_sigmas, latents);
-        }
-    }
-    if (trace) {
-        trace->encode_s = t1 - t0;
-        trace->sample_s = kiln_now() - t1;
-        trace->sampler = s;
-        trace->scheduler_label = kiln_scheduler_get(sched_id)->label;
-        if (automatic) trace->scheduler_label = kiln_scheduler_get(KILN_SCHED_AUTOMATIC)->label;
-        trace->sigmas = sigmas;
-        trace->n_sigmas = n_sigmas;
-        trace->n_calls = io.n_calls;
-        sigmas = NULL;
-    }
-    free(sigmas);
-    free(sigmas_f);
-    kiln_cfg_denoiser_free(&den);
-    kiln_image_rng_free(noise.rng);
-    kiln_brownian_free(noise.brownian);
-    return rc;
+    kiln_sample_run run = {.lat_h = p->height / 8, .lat_w = p->width / 8, .steps = p->steps,
+                           .cond_steps = kiln_cond_total_steps(p, p->steps)};
+    return kiln_sample_latents(ctx, p, &run, seeds, subseeds, batch, batch_index, progress, user, latents, trace);
 }
 
 /* Latents above this many positions (1024x1024 pixels) are decoded in overlapping tiles, so a 2048x2048 or larger

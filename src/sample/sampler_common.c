@@ -51,6 +51,13 @@ int ks_alloc(const kiln_sampler_io *io, int count, float **bufs) {
 
 void ks_free(float *first) { free(first); }
 
+int ks_add_noise(kiln_sampler_io *io, float *x, float *noise, float sigma_up) {
+    KILN_TRY(ks_randn(io, noise));
+    const float s_noise = (float)io->s_noise;
+    for (size_t k = 0; k < io->n; k++) x[k] = x[k] + noise[k] * s_noise * sigma_up;
+    return KILN_OK;
+}
+
 void ks_ancestral_step(float sigma_from, float sigma_to, double eta, float *sigma_down, float *sigma_up) {
     if (eta == 0) {
         *sigma_down = sigma_to;

@@ -62,9 +62,7 @@ int ks_sample_dpm_2_ancestral(kiln_sampler_io *io, const float *sigmas, int n_si
         float sigma_mid = log_midpoint(sigmas[i], sigma_down);
         if ((rc = midpoint_step(io, x, d, sigmas[i], sigma_mid, sigma_down, x2, denoised, d2)) < 0) break;
         /* the noise is added inside the midpoint branch only (k-diffusion ab527a9) */
-        if ((rc = ks_randn(io, noise)) < 0) break;
-        float s_noise = (float)io->s_noise;
-        for (size_t k = 0; k < n; k++) x[k] = x[k] + noise[k] * s_noise * sigma_up;
+        if ((rc = ks_add_noise(io, x, noise, sigma_up)) < 0) break;
     }
     ks_free(b[0]);
     return rc;

@@ -31,11 +31,7 @@ int ks_sample_dpmpp_2s_ancestral(kiln_sampler_io *io, const float *sigmas, int n
             float a2 = sigma_fn(t_next) / sigma_fn(t), c2 = expm1f(-h);
             for (size_t k = 0; k < n; k++) x[k] = a2 * x[k] - c2 * denoised[k];
         }
-        if (sigmas[i + 1] > 0) {
-            if ((rc = ks_randn(io, noise)) < 0) break;
-            float s_noise = (float)io->s_noise;
-            for (size_t k = 0; k < n; k++) x[k] = x[k] + noise[k] * s_noise * sigma_up;
-        }
+        if (sigmas[i + 1] > 0 && (rc = ks_add_noise(io, x, noise, sigma_up)) < 0) break;
     }
     ks_free(b[0]);
     return rc;

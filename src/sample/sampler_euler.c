@@ -56,11 +56,7 @@ int ks_sample_euler_ancestral(kiln_sampler_io *io, const float *sigmas, int n_si
         if ((rc = ks_step(io, i, steps, x, denoised)) < 0) break;
         ks_to_d(n, x, denoised, sigmas[i], d);
         ks_axpy(n, x, d, sigma_down - sigmas[i]);
-        if (sigmas[i + 1] > 0) {
-            if ((rc = ks_randn(io, noise)) < 0) break;
-            float s_noise = (float)io->s_noise;
-            for (size_t k = 0; k < n; k++) x[k] = x[k] + noise[k] * s_noise * sigma_up;
-        }
+        if (sigmas[i + 1] > 0 && (rc = ks_add_noise(io, x, noise, sigma_up)) < 0) break;
     }
     ks_free(b[0]);
     return rc;

@@ -24,6 +24,8 @@ void ks_free(float *first);
 
 /* k-diffusion's get_ancestral_step in float32: sigma_down, sigma_up for eta. */
 void ks_ancestral_step(float sigma_from, float sigma_to, double eta, float *sigma_down, float *sigma_up);
+/* The ancestral samplers' noise: x += randn_like(x) * s_noise * sigma_up (draws the next generator value into noise). */
+int ks_add_noise(kiln_sampler_io *io, float *x, float *noise, float sigma_up);
 
 /* torch.linspace(start, end, steps) in float32 (same halfway split as PyTorch's CPU kernel). */
 void ks_linspace_f32(float start, float end, int steps, float *out);

@@ -71,6 +71,8 @@ typedef struct kiln_ctx_options {
     const char *vocab_path;     /* CLIP vocabulary; NULL = the model's tokenizer/ or the default */
     const char *embeddings_dir; /* textual-inversion embeddings used by name in prompts; NULL = none */
     const char *lora_dir;       /* where <lora:NAME:W> prompt tags find NAME.safetensors; NULL = none */
+    kiln_log_fn log;            /* optional log sink (plans compiled, LoRA modules skipped, embeddings skipped) */
+    void *log_user;             /* passed to log */
 } kiln_ctx_options;
 
 int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **out);

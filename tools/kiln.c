@@ -21,6 +21,15 @@ static int fail(const char *what) {
     return 1;
 }
 
+/* The CLI's log sink: warnings always, information with -v/--verbose. */
+static int verbose;
+static void log_to_stderr(void *user, kiln_log_level level, const char *message) {
+    (void)user;
+    if (level <= KILN_LOG_WARN || verbose)
+        fprintf(stderr, "kiln: %s%s\n", level == KILN_LOG_ERROR ? "error: " : level == KILN_LOG_WARN ? "warning: " : "",
+                message);
+}
+
 static int usage(FILE *f) {
     fprintf(f, "usage: kiln <command> [options]\n"
                "commands:\n"
@@ -316,6 +325,10 @@ static int cmd_generate(int argc, char **argv) {
             quiet = 1;
             continue;
         }
+        if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+            verbose = 1;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "kiln generate: %s %s\n", a, a[0] == '-' ? "needs a value" : "is not an option");
             return 1;
@@ -393,7 +406,7 @@ static int cmd_generate(int argc, char **argv) {
         kiln_image_free(&mask_img);
         return 1;
     }
-    kiln_model_options mo = {.vae_path = vae};
+    kiln_model_options mo = {.vae_path = vae, .log = log_to_stderr};
     kiln_model *m = NULL;
     if (kiln_model_load(model_path, &mo, &m)) {
         kiln_image_free(&init_img);
@@ -403,7 +416,7 @@ static int cmd_generate(int argc, char **argv) {
     p.loras = loras;
     p.n_loras = n_loras;
     kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab, .lora_dir = lora_dir,
-                           .embeddings_dir = embeddings_dir};
+                           .embeddings_dir = embeddings_dir, .log = log_to_stderr};
     kiln_ctx *ctx = NULL;
     if (kiln_ctx_create(m, &co, &ctx)) {
         kiln_model_free(m);

@@ -63,6 +63,7 @@ int kiln_model_load(const char *path, const kiln_model_options *opts, kiln_model
     m->path = strdup(path);
     m->name = display_name(path);
     m->weights = kiln_weights_new();
+    if (opts) m->log = (kiln_logger){opts->log, opts->log_user};
     int rc;
     if (S_ISDIR(st.st_mode)) {
         rc = kiln_load_diffusers(m, path);
@@ -78,6 +79,8 @@ int kiln_model_load(const char *path, const kiln_model_options *opts, kiln_model
         kiln_model_free(m);
         return rc;
     }
+    kiln_log(&m->log, KILN_LOG_INFO, "%s: %s, %d tensors (%d ignored: EMA copies, optimizer state, int buffers)", path,
+             kiln_family_name(m->config.family), m->weights->n, m->n_ignored);
     *out = m;
     return KILN_OK;
 }

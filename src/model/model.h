@@ -6,6 +6,7 @@
 #ifndef KILN_MODEL_MODEL_H
 #define KILN_MODEL_MODEL_H
 
+#include "core/log.h"
 #include "io/safetensors.h"
 #include "model/model_config.h"
 #include "model/weights.h"
@@ -25,6 +26,7 @@ struct kiln_model {
     struct kiln_ckpt_file *ckpt_files[KILN_MODEL_MAX_FILES]; /* .ckpt checkpoints the weights point into */
     int n_ignored;                         /* tensors skipped (EMA copies, optimizer state, int tensors) */
     char *vocab_dir;                       /* diffusers tokenizer/ folder, if any (NULL otherwise) */
+    kiln_logger log;                       /* kiln_model_options.log */
     struct kiln_lora_backup *lora_backup;  /* originals of weights a LoRA changed (NULL = none changed) */
 };
 

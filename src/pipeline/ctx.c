@@ -2,8 +2,10 @@
  * that every sampling step replays a plan built once (the build-then-run idea at the request level). */
 #include "pipeline/ctx.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/error.h"
 #include "model/embeddings.h"
@@ -14,6 +16,7 @@ int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **
     kiln_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) return kiln_error(KILN_ENOMEM, "out of memory");
     ctx->model = model;
+    if (opts) ctx->log = (kiln_logger){opts->log, opts->log_user};
     const char *backend = opts && opts->backend ? opts->backend : "cpu";
     int rc;
     if (!strcmp(backend, "cpu"))
@@ -30,6 +33,11 @@ int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **
         ctx->embeddings_dir = strdup(opts->embeddings_dir);
         rc = kiln_embeddings_load_dir(opts->embeddings_dir, kiln_embedding_width(&model->config), ctx->tokenizer,
                                       &ctx->embeddings);
+        if (rc == KILN_OK && (ctx->embeddings->n_skipped_width || ctx->embeddings->n_failed))
+            kiln_log(&ctx->log, KILN_LOG_WARN, "embeddings in %s skipped: %s", opts->embeddings_dir, ctx->embeddings->log);
+        if (rc == KILN_OK)
+            kiln_log(&ctx->log, KILN_LOG_INFO, "%d textual-inversion embeddings from %s", ctx->embeddings->n,
+                     opts->embeddings_dir);
         if (rc == KILN_OK && ctx->embeddings->n > 0) {
             ctx->ti_refs = calloc((size_t)ctx->embeddings->n, sizeof *ctx->ti_refs);
             ctx->ti_vectors = calloc((size_t)ctx->embeddings->n, sizeof *ctx->ti_vectors);
@@ -114,7 +122,18 @@ int kiln_ctx_plan(kiln_ctx *ctx, kiln_net_kind kind, int batch, int h, int w, in
     if (rc == KILN_OK) {
         kiln_plan_io_order(cp.plan, cp.in_slots, &cp.n_in, cp.out_slots, &cp.n_out);
         cp.weights_stamp = kiln_ctx_weights_stamp(ctx);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
         rc = ctx->backend->ops->compile(ctx->backend, cp.plan, &cp.compiled);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        static const char *const kinds[] = {"text encoder", "U-Net", "VAE decoder", "VAE encoder"};
+        char dims[32] = "";
+        if (h > 0) snprintf(dims, sizeof dims, ", %dx%d latent", w, h);
+        if (rc == KILN_OK)
+            kiln_log(&ctx->log, KILN_LOG_INFO, "%s plan (batch %d%s) compiled on %s in %.0f ms: %d ops, %.1f MiB arena",
+                     kinds[kind], batch, dims, ctx->backend->ops->name,
+                     (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-6, cp.plan->n_ops,
+                     (double)cp.plan->arena_bytes / (1 << 20));
     }
     if (rc) {
         kiln_plan_free(cp.plan);
@@ -130,6 +149,7 @@ int kiln_ctx_plan(kiln_ctx *ctx, kiln_net_kind kind, int batch, int h, int w, in
 int kiln_ctx_run(kiln_ctx *ctx, kiln_cached_plan *cp, int n, const char *const *names, void *const *bufs) {
     uint64_t stamp = kiln_ctx_weights_stamp(ctx);
     if (stamp != cp->weights_stamp) { /* weights changed since compile (LoRA): compile again */
+        kiln_log(&ctx->log, KILN_LOG_INFO, "weights changed (LoRA): compiling the plan again");
         if (cp->compiled) ctx->backend->ops->free_compiled(cp->compiled);
         cp->compiled = NULL;
         KILN_TRY(ctx->backend->ops->compile(ctx->backend, cp->plan, &cp->compiled));

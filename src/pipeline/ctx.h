@@ -4,6 +4,7 @@
 #define KILN_PIPELINE_CTX_H
 
 #include "backend/backend.h"
+#include "core/log.h"
 #include "kiln.h"
 #include "model/model.h"
 #include "plan/plan.h"
@@ -28,6 +29,7 @@ struct kiln_ctx {
     kiln_backend *backend;
     kiln_tokenizer *tokenizer;
     char *embeddings_dir, *lora_dir;
+    kiln_logger log;
     int n_plans, cap_plans;
     kiln_cached_plan *plans;
     struct kiln_embeddings *embeddings; /* textual inversions from embeddings_dir (NULL = none) */

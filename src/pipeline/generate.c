@@ -43,9 +43,14 @@ static int apply_lora_file(kiln_ctx *ctx, const char *path, const char *name, do
     if (ls->n >= 16) return kiln_error(KILN_EINVAL, "more than 16 LoRAs in one request");
     kiln_lora *l = NULL;
     KILN_TRY(kiln_lora_load(path, &l));
-    int rc = kiln_lora_apply(ctx->model, l, (float)te, (float)unet);
+    kiln_lora_apply_info info;
+    int rc = kiln_lora_apply_ex(ctx->model, l, (float)te, (float)unet, &info);
     kiln_lora_free(l);
     if (rc < 0) return kiln_error_context(rc, "LoRA %s", path);
+    kiln_log(&ctx->log, KILN_LOG_INFO, "LoRA %s (te %g, unet %g): %d modules merged", name, te, unet, info.n_applied);
+    if (info.n_unmatched)
+        kiln_log(&ctx->log, KILN_LOG_WARN, "LoRA %s: %d modules match no layer of this model and were skipped: %s", name,
+                 info.n_unmatched, info.unmatched);
     snprintf(ls->names[ls->n], sizeof ls->names[0], "%s", name);
     char hex[65];
     ls->hashes[ls->n][0] = '\0';

@@ -140,8 +140,24 @@ TEST(missing_and_misshaped_tensors_are_named) {
     remove(path);
 }
 
+static char logged[4096];
+static void collect(void *user, kiln_log_level level, const char *msg) {
+    (void)user;
+    snprintf(logged + strlen(logged), sizeof logged - strlen(logged), "%d:%s\n", (int)level, msg);
+}
+
+TEST(loading_logs_through_the_callback) {
+    kiln_model *m = NULL;
+    kiln_model_options o = {.log = collect};
+    logged[0] = '\0';
+    CHECK(kiln_model_load(test_fixture("tiny-sd15/model.safetensors"), &o, &m) == 0);
+    CHECK(strstr(logged, "2:") && strstr(logged, "982 tensors (1 ignored"));
+    kiln_model_free(m);
+}
+
 int main(void) {
     RUN(mixed_dtypes_and_leftovers);
     RUN(missing_and_misshaped_tensors_are_named);
+    RUN(loading_logs_through_the_callback);
     return test_summary();
 }

@@ -24,7 +24,7 @@ int kiln_hires_check(const kiln_gen_params *p);
  * (bilinear), "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
  * "Latent (nearest-exact)" (align_corners False), on n planes of h x w, in float32 (PyTorch may differ by a
  * few ulp in the weights). KILN_EUNSUPPORTED lists the upscalers kiln has for any other name (the image
- * upscalers, which decode, upscale and re-encode, are not implemented). */
+ * upscalers, which decode, upscale and re-encode, are kiln_upscale_image's). */
 int kiln_latent_upscale(const char *upscaler, const float *in, int n, int h, int w, int out_h, int out_w, float *out);
 
 /* images.resize_image(0, rgb, tw, th, upscaler) for the built-in image upscalers "None", "Lanczos",

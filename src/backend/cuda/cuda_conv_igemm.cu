@@ -16,6 +16,7 @@
 #include <limits.h>
 
 #include "backend/cuda/cuda_internal.h"
+#include "backend/cuda/cuda_ptx.cuh"
 
 
 typedef struct kc_ig_params {
@@ -24,27 +25,6 @@ typedef struct kc_ig_params {
     int C, H, W, O, kw, stride, pad, Ho, Wo;
     int M, K;                // M = N*Ho*Wo output pixels, K = kh*kw*C
 } kc_ig_params;
-
-__device__ __forceinline__ uint32_t kc_ig_smem(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void kc_ig_cp16(void *smem, const void *gmem, bool valid) {
-    int bytes = valid ? 16 : 0;  // 0: writes 16 zero bytes, reads nothing
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(kc_ig_smem(smem)), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void kc_ig_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void kc_ig_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-__device__ __forceinline__ void kc_ig_ldsm4(uint32_t r[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(kc_ig_smem(p)));
-}
-__device__ __forceinline__ void kc_ig_mma(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // Block tile BM pixels x BN output channels; warps tile it WM x WN each; K advances BK (32 or
 // 64) per stage. Shared rows are BK + 8 halves (80 or 144 bytes): the 8 rows one ldmatrix phase
@@ -106,13 +86,13 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_ker
 #pragma unroll
         for (int i = 0; i < A_ROWS; i++) {
             bool ok = kin && (unsigned)(a_hi[i] + r) < (unsigned)p.H && (unsigned)(a_wi[i] + s) < (unsigned)p.W;
-            kc_ig_cp16(dA + i * ROWS_PER_PASS * PITCH, ok ? p.x + a_off[i] + koff : p.x, ok);
+            kc_cp_async16(dA + i * ROWS_PER_PASS * PITCH, ok ? p.x + a_off[i] + koff : p.x, ok);
         }
         kc_half *dB = sB + (stage * BN + row0) * PITCH + kcol;
 #pragma unroll
         for (int i = 0; i < B_ROWS; i++) {
             bool ok = kin && b_ok[i];
-            kc_ig_cp16(dB + i * ROWS_PER_PASS * PITCH, ok ? b_src[i] + kt * BK : p.w, ok);
+            kc_cp_async16(dB + i * ROWS_PER_PASS * PITCH, ok ? b_src[i] + kt * BK : p.w, ok);
         }
     };
 
@@ -120,7 +100,7 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_ker
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) {
         if (s < KT) load_stage(s, s);
-        kc_ig_commit();  // empty groups keep the wait count uniform
+        kc_cp_commit();  // empty groups keep the wait count uniform
     }
 
     float acc[MT][NT][4];
@@ -135,11 +115,11 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_ker
     const int b_lrow = (lane / 16) * 8 + lane % 8, b_lcol = ((lane / 8) % 2) * 8;
 
     for (int kt = 0; kt < KT; kt++) {
-        kc_ig_wait<STAGES - 2>();  // slice kt has landed (this thread's copies)
+        kc_cp_wait<STAGES - 2>();  // slice kt has landed (this thread's copies)
         __syncthreads();                 // ... everyone's; and slice kt-1's stage is free again
         int next = kt + STAGES - 1;
         if (next < KT) load_stage(next % STAGES, next);
-        kc_ig_commit();
+        kc_cp_commit();
         const kc_half *cA = sA + (kt % STAGES) * BM * PITCH;
         const kc_half *cB = sB + (kt % STAGES) * BN * PITCH;
 #pragma unroll
@@ -147,21 +127,21 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_ker
             uint32_t af[MT][4], bf[NT][2];
 #pragma unroll
             for (int i = 0; i < MT; i++)
-                kc_ig_ldsm4(af[i], cA + (wm + i * 16 + a_lrow) * PITCH + kk + a_lcol);
+                kc_ldmatrix_x4(af[i], cA + (wm + i * 16 + a_lrow) * PITCH + kk + a_lcol);
 #pragma unroll
             for (int j = 0; j < NT / 2; j++) {
                 uint32_t r4[4];
-                kc_ig_ldsm4(r4, cB + (wn + j * 16 + b_lrow) * PITCH + kk + b_lcol);
+                kc_ldmatrix_x4(r4, cB + (wn + j * 16 + b_lrow) * PITCH + kk + b_lcol);
                 bf[2 * j][0] = r4[0], bf[2 * j][1] = r4[1];
                 bf[2 * j + 1][0] = r4[2], bf[2 * j + 1][1] = r4[3];
             }
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
-                for (int j = 0; j < NT; j++) kc_ig_mma(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                for (int j = 0; j < NT; j++) kc_mma16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
         }
     }
-    kc_ig_wait<0>();
+    kc_cp_wait<0>();
 
     // Epilogue: accumulator (i, j) holds rows g and g+8, columns 2t and 2t+1 of its 16x8 tile.
     const int g = lane / 4, t = lane % 4;

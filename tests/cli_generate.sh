@@ -1,23 +1,7 @@
 #!/usr/bin/env bash
 # cli_generate.sh — the CLI contract: info, tokenize, generate (PNG with A1111 infotext that parses back),
 # pnginfo, and a one-line error with exit status 1 for every bad input. Args: KILN_BINARY FIXTURES_DIR
-set -u
-kiln=$1
-fx=$2/tiny-sd15
-export OMP_NUM_THREADS=1
-export KILN_CLIP_VOCAB="$(dirname "$0")/../data/bpe_simple_vocab_16e6.txt.gz"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $1"; }
-bad() { fails=$((fails + 1)); echo "FAIL $1"; }
-# expect_error NAME PATTERN CMD...: exit status 1, one line on stderr containing PATTERN
-expect_error() {
-  local name=$1 pattern=$2; shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-  if [ $rc -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q -- "$pattern" "$tmp/err"; then ok "$name"
-  else bad "$name (rc=$rc, stderr: $(cat "$tmp/err"))"; fi
-}
+source "$(dirname "$0")/lib_cli.sh" "$@"
 
 # info and tokenize
 "$kiln" info "$fx/model.safetensors" >"$tmp/info" && grep -q "family: SD1.x" "$tmp/info" &&
@@ -58,5 +42,4 @@ expect_error bad_option "unknown option" "$kiln" generate -m "$fx/model.safetens
 [ "$(cat "$tmp/keep.png")" = keep ] && ok not_overwritten || bad not_overwritten
 expect_error unknown_command "unknown command" "$kiln" frobnicate
 
-echo "$passes passed, $fails failed"
-[ $fails -eq 0 ]
+finish

@@ -2,22 +2,7 @@
 # cli_img2img.sh — the CLI's img2img / inpainting / hires-fix flags: the fixture runs through `kiln generate`
 # (infotext keys, output size) and a one-line error with exit status 1 for every bad input.
 # Args: KILN_BINARY FIXTURES_DIR
-set -u
-kiln=$1
-fx=$2/tiny-sd15
-export OMP_NUM_THREADS=1
-export KILN_CLIP_VOCAB="$(dirname "$0")/../data/bpe_simple_vocab_16e6.txt.gz"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $1"; }
-bad() { fails=$((fails + 1)); echo "FAIL $1"; }
-expect_error() {
-  local name=$1 pattern=$2; shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"; local rc=$?
-  if [ $rc -eq 1 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q -- "$pattern" "$tmp/err"; then ok "$name"
-  else bad "$name (rc=$rc, stderr: $(cat "$tmp/err"))"; fi
-}
+source "$(dirname "$0")/lib_cli.sh" "$@"
 # png_size FILE: "WxH" from the IHDR chunk
 png_size() { echo "$(od -An -tu1 -j16 -N8 "$1" | awk '{print $3*256+$4 "x" $7*256+$8}')"; }
 m="$fx/model.safetensors"
@@ -55,5 +40,4 @@ expect_error bad_fill "inpainting-fill" "$kiln" generate -m "$m" -p x --init-ima
 expect_error bad_full_res "inpaint-full-res" "$kiln" generate -m "$m" -p x --inpaint-full-res 2
 expect_error hires_with_init "hr_scale" "$kiln" generate -m "$m" -p x --init-image "$fx/vae_encode_input.png" --hr-scale 2
 
-echo "$passes passed, $fails failed"
-[ $fails -eq 0 ]
+finish

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/cuda/cuda_dtype.cuh"
+
 extern "C" {
 #include "backend/backend.h"
 #include "core/error.h"
@@ -48,6 +50,7 @@ typedef struct kc_libs {
     void *cudnn;            // cudnnHandle_t, or NULL when built without cuDNN
     cudaStream_t stream;
     int sm_count;
+    kc_dtype dtype;         // element type of activations and weights (fp16 unless bf16 was asked for)
 } kc_libs;
 
 // ---- GEMM (cuda_gemm.cu): Y[M,N] (row stride ldy) = X[M,K] (row stride ldx) W[N,K]^T + bias[N] + R[M,N]

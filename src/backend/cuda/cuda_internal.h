@@ -82,15 +82,25 @@ int kc_gemm_batched(kc_libs *libs, int m, int n, int k, float alpha, const kc_ha
 typedef struct kc_conv {
     int N, C, H, W, O, kh, kw, stride, pad, pad_end, Ho, Wo;  // pad before, pad + pad_end after
     int has_bias, has_residual;
-    int method;             // KC_CONV_GEMM (1x1 stride 1), KC_CONV_IM2COL, KC_CONV_CUDNN, KC_CONV_IGEMM
+    int method;             // KC_CONV_GEMM (1x1 stride 1), KC_CONV_IM2COL, KC_CONV_CUDNN, KC_CONV_IGEMM,
+                            // KC_CONV_CUDNN_GRAPH
     kc_gemm gemm;           // GEMM and IM2COL methods
     void *cudnn_state;      // descriptors and algorithm for KC_CONV_CUDNN
+    void *cudnn_graph_state;  // operation graph and execution plan for KC_CONV_CUDNN_GRAPH
     size_t scratch;         // bytes of scratch needed (im2col buffer / cuDNN workspace / GEMM workspace)
     float best_ms;
     int igemm_cfg;          // block shape of KC_CONV_IGEMM (index into cuda_conv_igemm.cu's table)
     float im2col_ms, cudnn_ms, igemm_ms;  // what each method measured (FLT_MAX: not tried)
+    float cudnn_graph_ms;
 } kc_conv;
-enum { KC_CONV_GEMM = 1, KC_CONV_IM2COL = 2, KC_CONV_CUDNN = 3, KC_CONV_IGEMM = 4, KC_CONV_METHODS = 5 };
+enum {
+    KC_CONV_GEMM = 1,
+    KC_CONV_IM2COL = 2,
+    KC_CONV_CUDNN = 3,
+    KC_CONV_IGEMM = 4,
+    KC_CONV_CUDNN_GRAPH = 5,
+    KC_CONV_METHODS = 6
+};
 
 // Scratch the conv may need before tuning (im2col buffer + GEMM workspace), for sizing the arena.
 size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad, int pad_end);
@@ -110,6 +120,23 @@ int kc_igemm_n_configs(void);
 const char *kc_igemm_config_name(int cfg);
 int kc_igemm_launch(cudaStream_t s, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
                     const kc_half *bias, const kc_half *res, kc_half *y);
+
+// ---- cuDNN 9 backend-API convolution (cuda_conv_cudnn_graph.cu): any kernel size, stride, pre/post
+// padding; fp16 or bf16 per libs->dtype; buffers 16-byte aligned. cv's shape fields (N..Wo)
+// describe the convolution; bias / res NULL when absent.
+// try: builds the operation graph (bias and residual fused where an engine can), times the plans of
+// the heuristics' engine configurations on the given buffers, keeps the fastest in *state with its
+// time in *ms. Leaves *state NULL and *ms FLT_MAX when cuDNN cannot run it (not an error); fails
+// only on real failures (out of memory). scratch_size bounds the workspace.
+int kc_cudnn_graph_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
+                       const kc_half *res, kc_half *y, void *scratch, size_t scratch_size, void **state, float *ms);
+// launch: the same bias / res presence as at try; scratch holds kc_cudnn_graph_workspace(state) bytes.
+int kc_cudnn_graph_launch(kc_libs *libs, const kc_conv *cv, const void *state, const kc_half *x, const kc_half *w,
+                          const kc_half *bias, const kc_half *res, kc_half *y, void *scratch);
+void kc_cudnn_graph_free(void *state);
+size_t kc_cudnn_graph_workspace(const void *state);
+const char *kc_cudnn_graph_tag(const void *state);  // chosen engine and knobs, e.g. "eng28_k2=1"
+int kc_cudnn_graph_fused(const void *state);        // bias / residual inside cuDNN's kernel
 
 // ---- norms (cuda_norm.cu)
 // GroupNorm over x laid out as element (n, c, p) at n*sn + c*sc + p*sp (p = spatial index, P of them).

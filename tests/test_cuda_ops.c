@@ -155,6 +155,19 @@ TEST(conv2d_igemm) {
     conv_res_case(3, 48, 19, 17, 72, 3, 1, 1, 1, 1);
 }
 
+/* Shapes the cuDNN graph path should handle beyond the ones above: asymmetric padding with a
+ * residual-free bias, odd channel counts with a residual, stride 2 with a residual, no bias but a
+ * residual (residual-only fused graph), 5x5. Run by default and with KILN_CUDA_FORCE_CUDNN_GRAPH=1. */
+TEST(conv2d_graph) {
+    conv_case(2, 16, 11, 9, 24, 3, 2, 0, 1, 1);     /* pad_end, stride 2, odd map */
+    conv_case(1, 8, 7, 7, 8, 3, 1, 1, 0, 0);        /* no bias, no residual */
+    conv_res_case(2, 3, 9, 7, 5, 3, 1, 1, 1, 1);    /* odd channels in and out, residual */
+    conv_res_case(1, 16, 9, 9, 32, 3, 1, 1, 0, 1);  /* residual without bias */
+    conv_res_case(2, 32, 15, 13, 48, 3, 2, 1, 1, 1);
+    conv_res_case(1, 24, 10, 10, 16, 5, 1, 2, 1, 1);
+    conv_res_case(2, 320, 16, 16, 320, 3, 1, 1, 1, 1);
+}
+
 TEST(conv2d) {
     conv_case(2, 8, 9, 9, 16, 3, 1, 1, 0, 1);
     conv_case(1, 4, 8, 8, 24, 3, 1, 1, 0, 1);     /* 4 latent channels in (U-Net conv_in) */
@@ -490,6 +503,7 @@ int main(void) {
     }
     RUN(conv2d);
     RUN(conv2d_igemm);
+    RUN(conv2d_graph);
     RUN(linear);
     RUN(group_norm);
     RUN(layer_norm);
@@ -503,6 +517,27 @@ int main(void) {
     RUN(transformer_block);
     RUN(shared_input_linears);
     RUN(errors);
+    if (getenv("KILN_CUDA_NO_CUDNN") == NULL && getenv("KILN_CUDA_NO_CUDNN_GRAPH") == NULL) {
+        /* the same convolutions with cuDNN's backend (graph) API forced wherever it runs (fused
+         * bias/residual graph or plain graph + kernel; KILN_CUDA_DEBUG_CUDNN_GRAPH=1 shows which) */
+        kiln_backend_destroy(g_gpu);
+        setenv("KILN_CUDA_FORCE_CUDNN_GRAPH", "1", 1);
+        if (kiln_backend_cuda_create(0, &g_gpu) == 0) {
+            RUN(conv2d);
+            RUN(conv2d_igemm);
+            RUN(conv2d_graph);
+            RUN(resnet_block);
+        } else {
+            g_gpu = NULL;
+            CHECK_MSG(0, "cuda backend with KILN_CUDA_FORCE_CUDNN_GRAPH: %s", kiln_last_error());
+        }
+        unsetenv("KILN_CUDA_FORCE_CUDNN_GRAPH");
+        if (g_gpu) kiln_backend_destroy(g_gpu);
+        if (kiln_backend_cuda_create(0, &g_gpu) != 0) {
+            fprintf(stderr, "cuda backend: %s\n", kiln_last_error());
+            return 1;
+        }
+    }
     if (getenv("KILN_CUDA_NO_CUDNN") == NULL) {
         /* the same convolutions once more with cuDNN off: the im2col + cuBLASLt path */
         kiln_backend_destroy(g_gpu);

@@ -1,6 +1,6 @@
 // cuda_conv.cu — 2-D convolution on NHWC fp16 activations with [O,kh,kw,C] fp16 weights.
 //
-// Up to four methods, the fastest chosen by timing at compile time:
+// Up to five methods, the fastest chosen by timing at compile time:
 //  - GEMM: a 1x1 stride-1 convolution is a matrix product over pixels, bias and residual fused;
 //  - IM2COL: patches gathered into a [pixels, kh*kw*C] buffer, then one cuBLASLt product with
 //    the bias and the residual fused into its epilogue;
@@ -11,6 +11,9 @@
 //    On an H100 it lost to IM2COL/CUDNN on every SD 1.5 shape (NOTES.md), so timing it would only
 //    lengthen compiles: KILN_CUDA_IGEMM=1 adds it to the timing, KILN_CUDA_FORCE_IGEMM=1 uses it
 //    wherever it applies without timing the others (tests).
+//  - CUDNN_GRAPH: cuDNN 9's backend API (cuda_conv_cudnn_graph.cu): conv + bias + residual as one
+//    operation graph, the heuristics' engines timed; KILN_CUDA_NO_CUDNN_GRAPH=1 leaves it out,
+//    KILN_CUDA_FORCE_CUDNN_GRAPH=1 uses it wherever it runs without timing the others (tests).
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +217,8 @@ static int kc_conv_launch(kc_libs *libs, const kc_conv *cv, const kc_half *x, co
         return kc_gemm_run(libs, &cv->gemm, (kc_half *)scratch, w, bias, res, y, (char *)scratch + col_bytes);
     }
     case KC_CONV_IGEMM: return kc_igemm_launch(libs->stream, cv->igemm_cfg, cv, x, w, bias, res, y);
+    case KC_CONV_CUDNN_GRAPH:
+        return kc_cudnn_graph_launch(libs, cv, cv->cudnn_graph_state, x, w, bias, res, y, scratch);
 #ifdef KILN_HAVE_CUDNN
     case KC_CONV_CUDNN:
         return kc_cudnn_launch(libs, cv, (const kc_cudnn_state *)cv->cudnn_state, x, w, bias, res, y, scratch);
@@ -316,8 +321,22 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
         return 0;
     }
     float best = FLT_MAX;
-    cv->im2col_ms = cv->cudnn_ms = cv->igemm_ms = FLT_MAX;
+    cv->im2col_ms = cv->cudnn_ms = cv->igemm_ms = cv->cudnn_graph_ms = FLT_MAX;
     int force_igemm = getenv("KILN_CUDA_FORCE_IGEMM") != NULL;
+    // cuDNN's backend API (cuda_conv_cudnn_graph.cu): timed last, or first and alone when forced (tests).
+    int graph = getenv("KILN_CUDA_NO_CUDNN_GRAPH") == NULL;
+    if (graph && !force_igemm && getenv("KILN_CUDA_FORCE_CUDNN_GRAPH")) {
+        void *g = NULL;
+        KILN_TRY(kc_cudnn_graph_try(libs, cv, x, w, b, r, y, scratch, scratch_size, &g, &cv->cudnn_graph_ms));
+        if (g) {
+            cv->method = KC_CONV_CUDNN_GRAPH;
+            cv->cudnn_graph_state = g;
+            cv->scratch = kc_cudnn_graph_workspace(g);
+            cv->best_ms = cv->cudnn_graph_ms;
+            return 0;
+        }
+        graph = 0;  // tried already: it cannot run this one
+    }
     int igemm = (force_igemm || getenv("KILN_CUDA_IGEMM")) && kc_igemm_supported(cv, x, w, b, r, y);
     int others = !(igemm && force_igemm);
     size_t col = kc_im2col_bytes(N, C, kh, kw, cv->Ho, cv->Wo), col_bytes = (col + 255) & ~(size_t)255;
@@ -394,6 +413,25 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
             best = cv->igemm_ms;
         }
     }
+    if (graph && others) {
+        void *g = NULL;
+        float t = FLT_MAX;
+        KILN_TRY(kc_cudnn_graph_try(libs, cv, x, w, b, r, y, scratch, scratch_size, &g, &t));
+        cv->cudnn_graph_ms = t;
+        if (g && t < best) {
+            kc_gemm_destroy(&cv->gemm);
+#ifdef KILN_HAVE_CUDNN
+            kc_cudnn_free((kc_cudnn_state *)cv->cudnn_state);
+#endif
+            cv->cudnn_state = NULL;
+            cv->method = KC_CONV_CUDNN_GRAPH;
+            cv->cudnn_graph_state = g;
+            cv->scratch = kc_cudnn_graph_workspace(g);
+            best = t;
+        } else {
+            kc_cudnn_graph_free(g);
+        }
+    }
     if (best == FLT_MAX)
         return kiln_error(KILN_EBACKEND, "conv %dx%dx%dx%d -> %d (%dx%d, stride %d, pad %d+%d): no method runs", N, C,
                           H, W, O, kh, kw, stride, pad, pad_end);
@@ -412,4 +450,6 @@ void kc_conv_destroy(kc_conv *cv) {
     kc_cudnn_free((kc_cudnn_state *)cv->cudnn_state);
 #endif
     cv->cudnn_state = NULL;
+    kc_cudnn_graph_free(cv->cudnn_graph_state);
+    cv->cudnn_graph_state = NULL;
 }

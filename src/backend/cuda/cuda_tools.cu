@@ -13,18 +13,26 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
         const kiln_op *op = &c->plan->ops[st->op];
         if (st->has_conv)
             fprintf(f,
-                    "op %4d conv   %-6s %8.3f ms  (im2col %.3f, cudnn %.3f, igemm %.3f%s%s) %dx%dx%dx%d->%d k%d s%d  "
-                    "%s%s\n",
+                    "op %4d conv   %-6s %8.3f ms  (im2col %.3f, cudnn %.3f, igemm %.3f, graph %.3f%s%s%s) "
+                    "%dx%dx%dx%d->%d k%d s%d  %s%s\n",
                     st->op,
-                    st->conv.method == KC_CONV_CUDNN   ? "cudnn"
-                    : st->conv.method == KC_CONV_GEMM  ? "gemm"
-                    : st->conv.method == KC_CONV_IGEMM ? "igemm"
-                                                       : "im2col",
+                    st->conv.method == KC_CONV_CUDNN         ? "cudnn"
+                    : st->conv.method == KC_CONV_GEMM        ? "gemm"
+                    : st->conv.method == KC_CONV_IGEMM       ? "igemm"
+                    : st->conv.method == KC_CONV_CUDNN_GRAPH ? "graph"
+                                                             : "im2col",
                     st->conv.best_ms, st->conv.im2col_ms < 1e30f ? st->conv.im2col_ms : -1.0f,
                     st->conv.cudnn_ms < 1e30f ? st->conv.cudnn_ms : -1.0f,
                     st->conv.igemm_ms < 1e30f ? st->conv.igemm_ms : -1.0f,
-                    st->conv.method == KC_CONV_IGEMM ? " " : "",
-                    st->conv.method == KC_CONV_IGEMM ? kc_igemm_config_name(st->conv.igemm_cfg) : "", st->conv.N,
+                    st->conv.cudnn_graph_ms < 1e30f ? st->conv.cudnn_graph_ms : -1.0f,
+                    st->conv.method == KC_CONV_IGEMM || st->conv.method == KC_CONV_CUDNN_GRAPH ? " " : "",
+                    st->conv.method == KC_CONV_IGEMM         ? kc_igemm_config_name(st->conv.igemm_cfg)
+                    : st->conv.method == KC_CONV_CUDNN_GRAPH ? kc_cudnn_graph_tag(st->conv.cudnn_graph_state)
+                                                             : "",
+                    st->conv.method == KC_CONV_CUDNN_GRAPH && !kc_cudnn_graph_fused(st->conv.cudnn_graph_state)
+                        ? " unfused"
+                        : "",
+                    st->conv.N,
                     st->conv.C, st->conv.H, st->conv.W, st->conv.O, st->conv.kh, st->conv.stride, op->label,
                     st->residual >= 0 ? " +residual" : "");
         else if (st->has_gemm)
@@ -130,9 +138,9 @@ int kiln_cuda_profile(kiln_compiled *c, FILE *f) {
             if (count[k])
                 fprintf(f, "%-18s %6d %10.3f %6.1f%%\n", kiln_op_name((kiln_op_kind)k), count[k], per_kind[k],
                         100.0 * per_kind[k] / total);
-        fprintf(f, "%-18s %6s %10.3f   (conv: gemm %.3f, im2col %.3f, cudnn %.3f, igemm %.3f)\n", "total", "", total,
-                conv_method[KC_CONV_GEMM], conv_method[KC_CONV_IM2COL], conv_method[KC_CONV_CUDNN],
-                conv_method[KC_CONV_IGEMM]);
+        fprintf(f, "%-18s %6s %10.3f   (conv: gemm %.3f, im2col %.3f, cudnn %.3f, igemm %.3f, cudnn graph %.3f)\n",
+                "total", "", total, conv_method[KC_CONV_GEMM], conv_method[KC_CONV_IM2COL], conv_method[KC_CONV_CUDNN],
+                conv_method[KC_CONV_IGEMM], conv_method[KC_CONV_CUDNN_GRAPH]);
     }
     for (int i = 0; i <= n; i++)
         if (ev[i]) cudaEventDestroy(ev[i]);

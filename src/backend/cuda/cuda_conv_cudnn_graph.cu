@@ -14,10 +14,13 @@
 //  3. keeps the fastest plan with the descriptors of its graph.
 // A launch builds a variant pack (device pointers by tensor unique id + workspace) and calls
 // cudnnBackendExecute on the handle's stream, which CUDA graph capture records like any launch.
+// A plan holds no data pointers, so convolutions of the same shape share one (a U-Net repeats its
+// shapes; runtime-compiled engines make each search cost up to a second).
 //
 // Only the C backend API is used (no cudnn-frontend), with attributes that exist since cuDNN 9.0.
 // KILN_CUDA_DEBUG_CUDNN_GRAPH=1 prints, per convolution, the engines tried and their times.
 #include <float.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,13 +54,29 @@ typedef struct kg_graph {
     int has_bias, has_res;           // fused graphs: which of them the graph reads
 } kg_graph;
 
-// The chosen plan: what kc_conv's cudnn_graph_state points to.
+// What makes two convolutions share a plan (memset before filling: compared with memcmp).
+typedef struct kg_key {
+    void *handle;
+    int dtype, N, C, H, W, O, kh, kw, stride, pad, pad_end, has_bias, has_res;
+    size_t ws_limit;
+} kg_key;
+
+// The chosen plan: what kc_conv's cudnn_graph_state points to, shared by convolutions of one key.
 typedef struct kc_cudnn_graph {
     kg_graph g;
     cudnnBackendDescriptor_t cfg, plan;
     size_t workspace;
     char tag[96];  // engine global index and knob choices, e.g. "eng28_k2=1_k3=0"
+    kg_key key;
+    int refs;      // kc_conv states pointing here (guarded by kg_cache_lock)
+    float ms;
 } kc_cudnn_graph;
+
+// Plans in use, by key; an entry leaves when its last user frees it.
+enum { KG_CACHE = 256 };
+static kc_cudnn_graph *kg_cache[KG_CACHE];
+static int kg_cache_n;
+static pthread_mutex_t kg_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int kg_debug(void) {
     const char *e = getenv("KILN_CUDA_DEBUG_CUDNN_GRAPH");
@@ -513,6 +532,27 @@ int kc_cudnn_graph_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const
     }
     if (cudnnSetStream((cudnnHandle_t)libs->cudnn, libs->stream) != CUDNN_STATUS_SUCCESS) return 0;
     size_t ws_limit = scratch_size < kg_workspace_limit ? scratch_size : kg_workspace_limit;
+    kg_key key;
+    memset(&key, 0, sizeof key);
+    key.handle = libs->cudnn, key.dtype = (int)libs->dtype, key.N = cv->N, key.C = cv->C, key.H = cv->H;
+    key.W = cv->W, key.O = cv->O, key.kh = cv->kh, key.kw = cv->kw, key.stride = cv->stride, key.pad = cv->pad;
+    key.pad_end = cv->pad_end, key.has_bias = bias != NULL, key.has_res = res != NULL, key.ws_limit = ws_limit;
+    pthread_mutex_lock(&kg_cache_lock);
+    for (int i = 0; i < kg_cache_n; i++)
+        if (memcmp(&kg_cache[i]->key, &key, sizeof key) == 0) {
+            kc_cudnn_graph *s = kg_cache[i];
+            s->refs++;
+            *state = s;
+            *ms = s->ms;
+            break;
+        }
+    pthread_mutex_unlock(&kg_cache_lock);
+    if (*state) {
+        if (dbg)
+            fprintf(stderr, "[cudnn-graph]   -> the plan of an earlier conv of this shape: %s %.4f ms\n",
+                    ((const kc_cudnn_graph *)*state)->tag, *ms);
+        return 0;
+    }
     kg_graph graphs[2];
     memset(graphs, 0, sizeof graphs);
     kg_best best;
@@ -548,8 +588,14 @@ int kc_cudnn_graph_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const
         s->plan = best.plan;
         s->workspace = best.workspace;
         snprintf(s->tag, sizeof s->tag, "%s", best.tag);
+        s->key = key;
+        s->refs = 1;
+        s->ms = best.ms;
         *state = s;
         *ms = best.ms;
+        pthread_mutex_lock(&kg_cache_lock);
+        if (kg_cache_n < KG_CACHE) kg_cache[kg_cache_n++] = s;  // else: not shared, still correct
+        pthread_mutex_unlock(&kg_cache_lock);
     }
     kg_graph_destroy(&graphs[0]);
     kg_graph_destroy(&graphs[1]);
@@ -568,6 +614,16 @@ int kc_cudnn_graph_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const
 void kc_cudnn_graph_free(void *state) {
     kc_cudnn_graph *s = (kc_cudnn_graph *)state;
     if (!s) return;
+    pthread_mutex_lock(&kg_cache_lock);
+    int last = --s->refs == 0;
+    if (last)
+        for (int i = 0; i < kg_cache_n; i++)
+            if (kg_cache[i] == s) {
+                kg_cache[i] = kg_cache[--kg_cache_n];
+                break;
+            }
+    pthread_mutex_unlock(&kg_cache_lock);
+    if (!last) return;
     if (s->plan) cudnnBackendDestroyDescriptor(s->plan);
     if (s->cfg) cudnnBackendDestroyDescriptor(s->cfg);
     kg_graph_destroy(&s->g);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 #include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
 #include "core/error.h"
 #include "test.h"
 
@@ -523,10 +524,18 @@ int main(void) {
         kiln_backend_destroy(g_gpu);
         setenv("KILN_CUDA_FORCE_CUDNN_GRAPH", "1", 1);
         if (kiln_backend_cuda_create(0, &g_gpu) == 0) {
+            int before = kiln_cuda_cudnn_graph_convs();
             RUN(conv2d);
             RUN(conv2d_igemm);
+            int mid = kiln_cuda_cudnn_graph_convs();
             RUN(conv2d_graph);
+            int after = kiln_cuda_cudnn_graph_convs();
             RUN(resnet_block);
+            if (g_verbose) printf("  cuDNN graph plans: %d convs, %d of them in conv2d_graph\n", after - before, after - mid);
+            /* five of conv2d_graph's seven shapes have C % 8 == O % 8 == 0 and symmetric padding:
+             * cuDNN 9 runs those; -1: built without cuDNN */
+            CHECK_MSG(before < 0 || after - mid >= 4, "only %d of conv2d_graph's convs ran on cuDNN's graph API",
+                      after - mid);
         } else {
             g_gpu = NULL;
             CHECK_MSG(0, "cuda backend with KILN_CUDA_FORCE_CUDNN_GRAPH: %s", kiln_last_error());

@@ -25,6 +25,9 @@ size_t kiln_cuda_mem_used(void);
  * kiln_backend_cuda_create. kiln_cuda_mem_context returns it (0 if never recorded). */
 void kiln_cuda_note_context(void);
 size_t kiln_cuda_mem_context(void);
+/* How many convolutions were given a cuDNN graph-API plan (KC_CONV_CUDNN_GRAPH tuned, whether or not
+ * it won) since the process started; -1 when kiln was built without cuDNN. For tests. */
+int kiln_cuda_cudnn_graph_convs(void);
 
 #ifdef __cplusplus
 }

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_internal.h"
 
 #ifdef KILN_HAVE_CUDNN
@@ -76,7 +77,15 @@ typedef struct kc_cudnn_graph {
 enum { KG_CACHE = 256 };
 static kc_cudnn_graph *kg_cache[KG_CACHE];
 static int kg_cache_n;
+static int kg_convs;  // convolutions given a plan (kiln_cuda_cudnn_graph_convs)
 static pthread_mutex_t kg_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int kiln_cuda_cudnn_graph_convs(void) {
+    pthread_mutex_lock(&kg_cache_lock);
+    int n = kg_convs;
+    pthread_mutex_unlock(&kg_cache_lock);
+    return n;
+}
 
 static int kg_debug(void) {
     const char *e = getenv("KILN_CUDA_DEBUG_CUDNN_GRAPH");
@@ -542,6 +551,7 @@ int kc_cudnn_graph_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const
         if (memcmp(&kg_cache[i]->key, &key, sizeof key) == 0) {
             kc_cudnn_graph *s = kg_cache[i];
             s->refs++;
+            kg_convs++;
             *state = s;
             *ms = s->ms;
             break;
@@ -595,6 +605,7 @@ int kc_cudnn_graph_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const
         *ms = best.ms;
         pthread_mutex_lock(&kg_cache_lock);
         if (kg_cache_n < KG_CACHE) kg_cache[kg_cache_n++] = s;  // else: not shared, still correct
+        kg_convs++;
         pthread_mutex_unlock(&kg_cache_lock);
     }
     kg_graph_destroy(&graphs[0]);
@@ -641,6 +652,8 @@ const char *kc_cudnn_graph_tag(const void *state) {
 int kc_cudnn_graph_fused(const void *state) { return state ? ((const kc_cudnn_graph *)state)->g.fused : 0; }
 
 #else  // built without cuDNN: the method never applies
+
+int kiln_cuda_cudnn_graph_convs(void) { return -1; }
 
 int kc_cudnn_graph_try(kc_libs *, const kc_conv *, const kc_half *, const kc_half *, const kc_half *, const kc_half *,
                        kc_half *, void *, size_t, void **state, float *ms) {

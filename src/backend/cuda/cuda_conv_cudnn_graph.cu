@@ -6,7 +6,7 @@
 // the work as a graph of operations and asks cuDNN's heuristics for engine configurations, which
 // include the Hopper engines and the runtime-fusion engines that can fold the bias and the residual
 // into the convolution. At tune time this file:
-//  1. builds an operation graph: conv -> + bias -> + residual -> Y ("fused"), where there is a bias
+//  1. builds an operation graph: conv -> + residual -> + bias -> Y ("fused"), where there is a bias
 //     or a residual, and the plain conv -> Y graph (bias/residual then added by a small kernel);
 //  2. asks the heuristics (mode A, else FALLBACK) for up to KG_MAX_CONFIGS engine configurations,
 //     makes an execution plan of each (skipping those that fail to finalize, need more workspace
@@ -44,7 +44,7 @@ enum {
 };
 
 // Unique ids of the graph's tensors; the variant pack names the real ones by these.
-enum { KG_UID_X = 1, KG_UID_W, KG_UID_Y, KG_UID_B, KG_UID_R, KG_UID_CONV, KG_UID_BIASED };
+enum { KG_UID_X = 1, KG_UID_W, KG_UID_Y, KG_UID_B, KG_UID_R, KG_UID_CONV, KG_UID_SUM };
 
 // One operation graph and every descriptor it was made of (destroyed together, after its plans).
 typedef struct kg_graph {
@@ -168,7 +168,7 @@ static cudnnStatus_t kg_add(kg_graph *g, cudnnBackendDescriptor_t add, cudnnBack
 }
 
 // Builds the operation graph of cv: X [N,C,H,W] and Y [N,O,Ho,Wo] NHWC, W [O,C,kh,kw] stored as
-// [O,kh,kw,C]; fused: conv -> (+ bias [1,O,1,1]) -> (+ residual) -> Y with fp32 in between.
+// [O,kh,kw,C]; fused: conv -> (+ residual) -> (+ bias [1,O,1,1]) -> Y with fp32 in between.
 // On failure g holds what was made so far (the caller destroys it).
 static cudnnStatus_t kg_build(kc_libs *libs, const kc_conv *cv, int fused, int has_bias, int has_res, kg_graph *g) {
     memset(g, 0, sizeof *g);
@@ -225,18 +225,21 @@ static cudnnStatus_t kg_build(kc_libs *libs, const kc_conv *cv, int fused, int h
         KG_OK(cudnnBackendSetAttribute(add, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &pw));
         KG_OK(cudnnBackendSetAttribute(add, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &f32));
         KG_OK(cudnnBackendFinalize(add));
+        // The residual first: cuDNN 9's precompiled fused engine on sm_90 matches conv -> + residual
+        // -> + bias but not conv -> + bias -> + residual (seen offline with an H100 device-property
+        // descriptor); the latter needs a runtime-compiled engine.
         cudnnBackendDescriptor_t cur = tconv;
-        if (g->has_bias) {
-            cudnnBackendDescriptor_t tb, out = ty;
-            KG_OK(kg_tensor(g, KG_UID_B, bd, bs, dt, 0, &tb));
-            if (g->has_res) KG_OK(kg_tensor(g, KG_UID_BIASED, yd, ys, f32, 1, &out));
-            KG_OK(kg_add(g, add, cur, tb, out, &ops[n_ops++]));
+        if (g->has_res) {
+            cudnnBackendDescriptor_t tr, out = ty;
+            KG_OK(kg_tensor(g, KG_UID_R, yd, ys, dt, 0, &tr));
+            if (g->has_bias) KG_OK(kg_tensor(g, KG_UID_SUM, yd, ys, f32, 1, &out));
+            KG_OK(kg_add(g, add, cur, tr, out, &ops[n_ops++]));
             cur = out;
         }
-        if (g->has_res) {
-            cudnnBackendDescriptor_t tr;
-            KG_OK(kg_tensor(g, KG_UID_R, yd, ys, dt, 0, &tr));
-            KG_OK(kg_add(g, add, cur, tr, ty, &ops[n_ops++]));
+        if (g->has_bias) {
+            cudnnBackendDescriptor_t tb;
+            KG_OK(kg_tensor(g, KG_UID_B, bd, bs, dt, 0, &tb));
+            KG_OK(kg_add(g, add, cur, tb, ty, &ops[n_ops++]));
         }
     }
 

@@ -59,7 +59,6 @@ typedef struct kg_graph {
 typedef struct kg_key {
     void *handle;
     int dtype, N, C, H, W, O, kh, kw, stride, pad, pad_end, has_bias, has_res;
-    size_t ws_limit;
 } kg_key;
 
 // The chosen plan: what kc_conv's cudnn_graph_state points to, shared by convolutions of one key.
@@ -548,10 +547,10 @@ int kc_cudnn_graph_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, const
     memset(&key, 0, sizeof key);
     key.handle = libs->cudnn, key.dtype = (int)libs->dtype, key.N = cv->N, key.C = cv->C, key.H = cv->H;
     key.W = cv->W, key.O = cv->O, key.kh = cv->kh, key.kw = cv->kw, key.stride = cv->stride, key.pad = cv->pad;
-    key.pad_end = cv->pad_end, key.has_bias = bias != NULL, key.has_res = res != NULL, key.ws_limit = ws_limit;
+    key.pad_end = cv->pad_end, key.has_bias = bias != NULL, key.has_res = res != NULL;
     pthread_mutex_lock(&kg_cache_lock);
     for (int i = 0; i < kg_cache_n; i++)
-        if (memcmp(&kg_cache[i]->key, &key, sizeof key) == 0) {
+        if (memcmp(&kg_cache[i]->key, &key, sizeof key) == 0 && kg_cache[i]->workspace <= ws_limit) {
             kc_cudnn_graph *s = kg_cache[i];
             s->refs++;
             kg_convs++;

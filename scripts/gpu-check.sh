@@ -50,6 +50,8 @@ if [ -x "$bin/cuda_unet_bench" ]; then
   "$bin/cuda_unet_bench" --describe >"$out/unet_bench_512.log" 2>&1 || status=1
 fi
 [ -x "$bin/cuda_bench" ] && { "$bin/cuda_bench" >"$out/kernels.log" 2>&1 || status=1; }
+# GroupNorm in its three-kernel form (GPUs before sm_90, large maps), for comparison
+[ -x "$bin/cuda_bench" ] && KILN_CUDA_GN_SPLIT=1 "$bin/cuda_bench" groupnorm >"$out/kernels_gn_split.log" 2>&1
 
 # kiln bench on a random SD 1.5 checkpoint
 model=${KILN_BENCH_MODEL:-/tmp/kiln-sd15-random.safetensors}

@@ -32,11 +32,11 @@ static int add_weight(kiln_weights *ws, kiln_plan *p, const char *name, int ndim
     return kiln_plan_weight(p, name, ndim, shape);
 }
 
-typedef enum { B_CONV, B_LINEAR, B_ATTN, B_GN, B_LN } bench_kind;
+typedef enum { B_CONV, B_LINEAR, B_ATTN, B_GN, B_LN, B_SCALE } bench_kind;
 typedef struct bench_case {
     const char *name;
     bench_kind kind;
-    int a, b, c, d, e, f;  /* conv: N C H W O k; linear: M K N; attn: B H Lq Lk D; gn: N C H W; ln: rows C */
+    int a, b, c, d, e, f;  /* conv: N C H W O k; linear: M K N; attn: B H Lq Lk D; gn, scale: N C H W; ln: rows C */
 } bench_case;
 
 /* Builds the plan with `reps` chained ops; returns the FLOPs of one op through *flops. */
@@ -86,6 +86,15 @@ static kiln_plan *build(const bench_case *bc, int reps, kiln_weights *ws, double
         for (int r = 0; r < reps; r++) {
             op_idx = p->n_ops;
             x = kiln_plan_group_norm(p, x, g, b, 32, 1e-5f, KILN_ACT_SILU);
+        }
+        break;
+    }
+    case B_SCALE: {  /* the floor for a memory-bound op: one read, one write */
+        int64_t xs[4] = {bc->a, bc->b, bc->c, bc->d};
+        x = kiln_plan_input(p, "x", KILN_SLOT_F32, 4, xs);
+        for (int r = 0; r < reps; r++) {
+            op_idx = p->n_ops;
+            x = kiln_plan_scale(p, x, 0.5f);
         }
         break;
     }
@@ -151,6 +160,8 @@ int main(int argc, char **argv) {
         {"groupnorm+silu 2x320x64x64", B_GN, 2, 320, 64, 64, 0, 0},
         {"groupnorm+silu 2x1280x16x16", B_GN, 2, 1280, 16, 16, 0, 0},
         {"layernorm 8192x320", B_LN, 8192, 320, 0, 0, 0, 0},
+        {"scale 2x320x64x64", B_SCALE, 2, 320, 64, 64, 0, 0},
+        {"scale 2x1280x16x16", B_SCALE, 2, 1280, 16, 16, 0, 0},
     };
     printf("%-32s %10s %10s %9s   (CUDA events, median of 30 graph replays, %d chained ops)\n", "case", "ms/op",
            "GFLOP", "TFLOP/s", REPS);

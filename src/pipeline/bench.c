@@ -121,7 +121,7 @@ int kiln_bench_run(kiln_model *model, const kiln_bench_opts *o, kiln_bench_resul
     KILN_TRY(kiln_ctx_create(model, &co, &ctx));
     r->precision = "fp32";
 #ifdef KILN_HAVE_CUDA
-    if (!strcmp(o->backend, "cuda")) r->precision = kiln_cuda_precision(ctx->backend);
+    if (!strcmp(ctx->backend->ops->name, "cuda")) r->precision = kiln_cuda_precision(ctx->backend);
 #endif
     int rc = time_unet(ctx, o, r);
     if (rc == KILN_OK && o->steps > 0) rc = time_images(ctx, o, r);

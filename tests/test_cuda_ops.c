@@ -549,9 +549,10 @@ int main(void) {
     }
     if (g_gpu) kiln_backend_destroy(g_gpu);
     g_gpu = NULL;
-    unsetenv("KILN_CUDA_FORCE_IGEMM");  /* (fp16 only: a bf16 backend never picks the implicit GEMM) */
+    unsetenv("KILN_CUDA_FORCE_IGEMM");
 
-    /* all of it again in bf16, with the bf16 limits; then the convolutions without cuDNN */
+    /* all of it again in bf16, with the bf16 limits; then the convolutions without cuDNN, and on the
+     * implicit-GEMM kernel */
     g_bf16 = 1;
     if (!no_cudnn_given) unsetenv("KILN_CUDA_NO_CUDNN");
     if (kiln_backend_cuda_create_ex(0, 1, &g_gpu) == 0) {
@@ -584,6 +585,17 @@ int main(void) {
         } else {
             CHECK_MSG(0, "bf16 cuda backend without cuDNN: %s", kiln_last_error());
         }
+        unsetenv("KILN_CUDA_NO_CUDNN");
+    }
+    setenv("KILN_CUDA_FORCE_IGEMM", "1", 1);
+    if (kiln_backend_cuda_create_ex(0, 1, &g_gpu) == 0) {
+        RUN(conv2d);
+        RUN(conv2d_igemm);
+        RUN(resnet_block);
+        kiln_backend_destroy(g_gpu);
+        g_gpu = NULL;
+    } else {
+        CHECK_MSG(0, "bf16 cuda backend with KILN_CUDA_FORCE_IGEMM: %s", kiln_last_error());
     }
     kiln_backend_destroy(g_cpu);
     return test_summary();

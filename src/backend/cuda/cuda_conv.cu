@@ -11,7 +11,7 @@
 //    into shared memory, bias and residual in its epilogue; each of its block shapes is timed.
 //    On an H100 it lost to IM2COL/CUDNN on every SD 1.5 shape (NOTES.md), so timing it would only
 //    lengthen compiles: KILN_CUDA_IGEMM=1 adds it to the timing, KILN_CUDA_FORCE_IGEMM=1 uses it
-//    wherever it applies without timing the others (tests). fp16 only: not offered for bf16.
+//    wherever it applies without timing the others (tests).
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,7 +221,7 @@ static int kc_conv_launch(kc_libs *libs, const kc_conv *cv, const kc_half *x, co
         size_t col_bytes = (kc_im2col_bytes(cv->N, cv->C, cv->kh, cv->kw, cv->Ho, cv->Wo) + 255) & ~(size_t)255;
         return kc_gemm_run(libs, &cv->gemm, (kc_half *)scratch, w, bias, res, y, (char *)scratch + col_bytes);
     }
-    case KC_CONV_IGEMM: return kc_igemm_launch(libs->stream, cv->igemm_cfg, cv, x, w, bias, res, y);
+    case KC_CONV_IGEMM: return kc_igemm_launch(libs->stream, libs->dtype, cv->igemm_cfg, cv, x, w, bias, res, y);
 #ifdef KILN_HAVE_CUDNN
     case KC_CONV_CUDNN:
         return kc_cudnn_launch(libs, cv, (const kc_cudnn_state *)cv->cudnn_state, x, w, bias, res, y, scratch);
@@ -326,8 +326,7 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
     float best = FLT_MAX;
     cv->im2col_ms = cv->cudnn_ms = cv->igemm_ms = FLT_MAX;
     int force_igemm = getenv("KILN_CUDA_FORCE_IGEMM") != NULL;
-    int igemm = (force_igemm || getenv("KILN_CUDA_IGEMM")) && libs->dtype == KC_F16 &&  // its kernel is fp16-only
-                kc_igemm_supported(cv, x, w, b, r, y);
+    int igemm = (force_igemm || getenv("KILN_CUDA_IGEMM")) && kc_igemm_supported(cv, x, w, b, r, y);
     int others = !(igemm && force_igemm);
     size_t col = kc_im2col_bytes(N, C, kh, kw, cv->Ho, cv->Wo), col_bytes = (col + 255) & ~(size_t)255;
 #ifdef KILN_HAVE_CUDNN

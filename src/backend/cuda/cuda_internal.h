@@ -105,14 +105,13 @@ int kc_conv_run(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_hal
 void kc_conv_destroy(kc_conv *cv);
 extern const size_t kc_gemm_workspace_bytes;
 
-// ---- implicit-GEMM convolution (cuda_conv_igemm.cu), fp16 only (kc_conv_init does not offer it
-// for bf16): C % 8 == 0, O % 8 == 0, symmetric padding,
+// ---- implicit-GEMM convolution (cuda_conv_igemm.cu): C % 8 == 0, O % 8 == 0, symmetric padding,
 // any kernel size and stride; no scratch. cv's shape fields (N..Wo) describe the convolution.
 int kc_igemm_supported(const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
                        const kc_half *res, const kc_half *y);
 int kc_igemm_n_configs(void);
 const char *kc_igemm_config_name(int cfg);
-int kc_igemm_launch(cudaStream_t s, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
+int kc_igemm_launch(cudaStream_t s, kc_dtype dt, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
                     const kc_half *bias, const kc_half *res, kc_half *y);
 
 // ---- norms (cuda_norm.cu)

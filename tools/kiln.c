@@ -434,8 +434,8 @@ static int cmd_generate(int argc, char **argv) {
     }
     p.loras = loras;
     p.n_loras = n_loras;
-    kiln_ctx_options co = {.backend = backend, .precision = precision, .threads = threads, .vocab_path = vocab, .lora_dir = lora_dir,
-                           .embeddings_dir = embeddings_dir, .log = log_to_stderr};
+    kiln_ctx_options co = {.backend = backend, .precision = precision, .threads = threads, .vocab_path = vocab,
+                           .lora_dir = lora_dir, .embeddings_dir = embeddings_dir, .log = log_to_stderr};
     kiln_ctx *ctx = NULL;
     if (kiln_ctx_create(m, &co, &ctx)) {
         kiln_model_free(m);

@@ -57,7 +57,8 @@ static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void 
     }
     if (!f32) {
         int nhwc = w->ndim == 4;
-        int rc = kc_f32_to_half(be->libs.stream, be->libs.dtype, be->staging, (kc_half *)dev, nhwc, nhwc ? (int)w->shape[0] : 1,
+        int rc = kc_f32_to_half(be->libs.stream, be->libs.dtype, be->staging, (kc_half *)dev, nhwc,
+                                nhwc ? (int)w->shape[0] : 1,
                                 nhwc ? (int)w->shape[1] : 1, nhwc ? (int)w->shape[2] : 1,
                                 nhwc ? (int)w->shape[3] : 1, (size_t)n);
         if (rc == 0 && cudaStreamSynchronize(be->libs.stream) != cudaSuccess)
@@ -471,7 +472,8 @@ static int kc_compile_impl(kiln_compiled *c) {
         if (s->kind == KILN_SLOT_INPUT && s->dtype == KILN_SLOT_I32) c->si[i].ptr = c->si[i].f32;
     }
     // Random finite data everywhere, so tuning never times zeros or NaNs.
-    rc = kc_fill_random(L->stream, L->dtype, (kc_half *)c->arena, (c->arena_bytes + c->scratch_bytes) / 2, 12345u, 0.5f);
+    rc = kc_fill_random(L->stream, L->dtype, (kc_half *)c->arena, (c->arena_bytes + c->scratch_bytes) / 2, 12345u,
+                        0.5f);
     if (rc) goto done;
     for (int i = 0; i < c->n_in; i++) {
         int id = c->in_ids[i];

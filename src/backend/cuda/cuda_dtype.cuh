@@ -45,7 +45,9 @@ template <> struct kc_pair_of<__nv_bfloat16> { typedef __nv_bfloat162 type; };
 __device__ __forceinline__ float2 kc_to_f2(__half2 v) { return __half22float2(v); }
 __device__ __forceinline__ float2 kc_to_f2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 template <typename T> __device__ __forceinline__ typename kc_pair_of<T>::type kc_from_f2(float lo, float hi);
-template <> __device__ __forceinline__ __half2 kc_from_f2<__half>(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+template <> __device__ __forceinline__ __half2 kc_from_f2<__half>(float lo, float hi) {
+    return __floats2half2_rn(lo, hi);
+}
 template <> __device__ __forceinline__ __nv_bfloat162 kc_from_f2<__nv_bfloat16>(float lo, float hi) {
     return __floats2bfloat162_rn(lo, hi);
 }

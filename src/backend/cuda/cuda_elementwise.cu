@@ -33,7 +33,8 @@ __global__ void kc_fill_random_kernel(T *x, size_t n, uint32_t seed, float amp) 
 }
 int kc_fill_random(cudaStream_t s, kc_dtype dt, kc_half *x, size_t n, uint32_t seed, float amplitude) {
     if (!n) return 0;
-    KC_DISPATCH_DTYPE(dt, T, (kc_fill_random_kernel<T><<<kc_blocks(n, 256), 256, 0, s>>>((T *)x, n, seed, amplitude)));
+    KC_DISPATCH_DTYPE(dt, T,
+                      (kc_fill_random_kernel<T><<<kc_blocks(n, 256), 256, 0, s>>>((T *)x, n, seed, amplitude)));
     KC_LAUNCHED("fill_random");
     return 0;
 }
@@ -66,7 +67,8 @@ int kc_f32_to_half(cudaStream_t s, kc_dtype dt, const float *src, kc_half *dst, 
                    size_t n) {
     (void)N;
     if (!n) return 0;
-    KC_DISPATCH_DTYPE(dt, T, (kc_f32_to_half_kernel<T><<<kc_blocks(n, 256), 256, 0, s>>>(src, (T *)dst, nhwc, C, H, W, n)));
+    KC_DISPATCH_DTYPE(dt, T,
+                      (kc_f32_to_half_kernel<T><<<kc_blocks(n, 256), 256, 0, s>>>(src, (T *)dst, nhwc, C, H, W, n)));
     KC_LAUNCHED("f32_to_half");
     return 0;
 }
@@ -74,7 +76,9 @@ int kc_half_to_f32(cudaStream_t s, kc_dtype dt, const kc_half *src, float *dst, 
                    size_t n) {
     (void)N;
     if (!n) return 0;
-    KC_DISPATCH_DTYPE(dt, T, (kc_half_to_f32_kernel<T><<<kc_blocks(n, 256), 256, 0, s>>>((const T *)src, dst, nhwc, C, H, W, n)));
+    KC_DISPATCH_DTYPE(dt, T,
+                      (kc_half_to_f32_kernel<T><<<kc_blocks(n, 256), 256, 0, s>>>((const T *)src, dst, nhwc, C, H,
+                                                                                 W, n)));
     KC_LAUNCHED("half_to_f32");
     return 0;
 }
@@ -134,7 +138,8 @@ int kc_geglu(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, long lon
     size_t total = (size_t)rows * N;
     if (!total) return 0;
     KC_DISPATCH_DTYPE(dt, T,
-                      (kc_geglu_kernel<T><<<kc_blocks(total / 2 + 1, 256), 256, 0, s>>>((const T *)x, (T *)y, rows, N)));
+                      (kc_geglu_kernel<T><<<kc_blocks(total / 2 + 1, 256), 256, 0, s>>>((const T *)x, (T *)y, rows,
+                                                                                       N)));
     KC_LAUNCHED("geglu");
     return 0;
 }

@@ -125,8 +125,8 @@ int kc_layer_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gam
 
 // ---- attention (cuda_attention.cu): q/k/v rows of H*D elements with row strides (elements).
 int kc_attention_flash_supported(int D);
-int kc_attention_flash(cudaStream_t s, kc_dtype dt, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
-                       int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
+int kc_attention_flash(cudaStream_t s, kc_dtype dt, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o,
+                       int B, int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
                        float scale, int causal);
 size_t kc_attention_fallback_scratch(int H, int Lq, int Lk);
 int kc_attention_fallback(kc_libs *libs, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,

@@ -59,9 +59,11 @@ bench() { # name, args...
   "$bin/kiln" bench -m "$model" --backend cuda --peak-tflops 762 "$@" >"$out/bench_$name.log" 2>&1 || status=1
 }
 bench 512 -W 512 -H 512 --batch-size 1 --steps 20 --profile
+[ -n "${KILN_GPU_QUICK:-}" ] || {
 bench 768 -W 768 -H 768 --batch-size 1 --steps 20
 bench 1024 -W 1024 -H 1024 --batch-size 1 --steps 20
 bench 512b4 -W 512 -H 512 --batch-size 4 --steps 20
+}
 
 # the CLI end to end on the GPU: the tiny fixture's euler_a_8 case
 if [ -n "${KILN_FIXTURES:-}" ] && [ -f "$KILN_FIXTURES/tiny-sd15/model.safetensors" ]; then
@@ -76,7 +78,7 @@ printf "%b" "$results"
 echo "== kiln generate --backend cuda (tiny fixture, 8 steps): $(grep real "$out/generate_cuda.log" 2>/dev/null)"
 echo "== full SD 1.5 U-Net vs CPU, 256x256 =="
 grep -iE "rel|max|nan|check" "$out/unet_check_256.log" | tail -3
-grep -E "^(GFLOP|op |conv2d|linear|attention|group_norm|layer_norm|geglu|total)" "$out/bench_512.log"
+grep -E "^(GFLOP|op |conv2d|linear|attention|group_norm|layer_norm|geglu|total|graph| +graph)" "$out/bench_512.log"
 echo "== kiln bench (SD 1.5 random weights, CFG 7, 20 steps Euler a) on ${gpu:-?} =="
 printf '%-8s %-12s %-10s %-12s %-34s %-10s\n' config "unet ms" "it/s" "TFLOP/s" "txt2img ms (encode/sample/decode)" "kiln GiB"
 for name in 512 768 1024 512b4; do

@@ -216,6 +216,9 @@ TEST(group_norm) {
     group_norm_case(4, 1, 2560, 4, 4, 32, 1);
     group_norm_case(4, 1, 6, 5, 5, 3, 0);    /* C % 8 != 0: scalar apply */
     group_norm_case(4, 2, 320, 64, 64, 32, 1);  /* SD level 0: 256 partial ranges per image */
+    group_norm_case(4, 2, 64, 1, 3, 64, 1);     /* 1 channel per group; fewer pixels than cluster blocks */
+    group_norm_case(4, 1, 1280, 3, 5, 32, 0);   /* 40 channels per group, odd map */
+    group_norm_case(4, 1, 128, 330, 330, 32, 1); /* a block's share exceeds shared memory: three kernels */
 }
 
 static void layer_norm_case(int B, int L, int C) {
@@ -526,6 +529,11 @@ int main(void) {
     RUN(transformer_block);
     RUN(shared_input_linears);
     RUN(errors);
+    /* GroupNorm once more in its three-kernel form (what GPUs before sm_90 and large maps use) */
+    setenv("KILN_CUDA_GN_SPLIT", "1", 1);
+    RUN(group_norm);
+    RUN(resnet_block);
+    unsetenv("KILN_CUDA_GN_SPLIT");
     if (getenv("KILN_CUDA_NO_CUDNN") == NULL) {
         /* the same convolutions once more with cuDNN off: the im2col + cuBLASLt path */
         kiln_backend_destroy(g_gpu);

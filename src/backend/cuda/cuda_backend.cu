@@ -228,6 +228,63 @@ static size_t kc_plan_memory(kc_buffer *b, int n) {
     return kc_align(total);
 }
 
+// ---- the work buffer shared by the backend's plans (see kc_backend)
+// Makes the work buffer at least `bytes` long. Reallocating waits for queued work first, since
+// other plans' kernels may still be using the old buffer.
+static int kc_work_reserve(kc_backend *be, size_t bytes) {
+    if (be->work && be->work_bytes >= bytes) return 0;
+    KC_CUDA(cudaStreamSynchronize(be->libs.stream));
+    cudaFree(be->work);
+    be->work = NULL;
+    be->work_bytes = 0;
+    if (cudaMalloc((void **)&be->work, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        be->work = NULL;
+        return kiln_error(KILN_ENOMEM, "out of GPU memory: the plan's activations and scratch need %.1f MiB",
+                          bytes / 1048576.0);
+    }
+    be->work_bytes = bytes;
+    return 0;
+}
+
+int kc_capture(kiln_compiled *c) {
+    kc_libs *L = &c->be->libs;
+    if (c->exec) cudaGraphExecDestroy(c->exec);
+    if (c->graph) cudaGraphDestroy(c->graph);
+    c->exec = NULL;
+    c->graph = NULL;
+    if (getenv("KILN_CUDA_NO_GRAPH")) return 0;
+    if (cudaStreamBeginCapture(L->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    int erc = kc_execute(c, 0);
+    cudaError_t e = cudaStreamEndCapture(L->stream, &c->graph);
+    if (erc == 0 && e == cudaSuccess && cudaGraphInstantiate(&c->exec, c->graph, 0) == cudaSuccess) return 0;
+    if (c->graph) cudaGraphDestroy(c->graph);
+    c->graph = NULL;
+    c->exec = NULL;
+    cudaGetLastError();
+    kiln_error_clear();
+    fprintf(stderr, "kiln: CUDA graph capture failed; running op by op\n");
+    return 0;
+}
+
+int kc_ready(kiln_compiled *c) {
+    kc_backend *be = c->be;
+    if (c->arena && c->arena == be->work) return 0;
+    KILN_TRY(kc_work_reserve(be, c->total_bytes));
+    const char *old = c->arena;
+    for (int i = 0; i < c->plan->n_slots; i++) {  // every non-weight pointer lies in the work buffer
+        if (c->si[i].ptr && c->plan->slots[i].kind != KILN_SLOT_WEIGHT)
+            c->si[i].ptr = be->work + ((const char *)c->si[i].ptr - old);
+        if (c->si[i].f32) c->si[i].f32 = (float *)(be->work + ((const char *)c->si[i].f32 - old));
+    }
+    c->scratch = be->work + ((const char *)c->scratch - old);
+    c->arena = be->work;
+    return kc_capture(c);
+}
+
 static void kc_free_compiled(kiln_compiled *c) {
     if (!c) return;
     if (c->exec) cudaGraphExecDestroy(c->exec);
@@ -238,7 +295,6 @@ static void kc_free_compiled(kiln_compiled *c) {
         cudaFree(c->steps[i].wcat);
         cudaFree(c->steps[i].bcat);
     }
-    cudaFree(c->arena);
     for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
     free(c->wrefs);
     free(c->si);
@@ -445,11 +501,10 @@ static int kc_compile_impl(kiln_compiled *c) {
     for (int i = 0; i < c->n_in; i++) io_bytes += kc_align((size_t)kiln_slot_numel(&p->slots[c->in_ids[i]]) * 4);
     for (int i = 0; i < c->n_out; i++) io_bytes += kc_align((size_t)kiln_slot_numel(&p->slots[c->out_ids[i]]) * 4);
     total = c->arena_bytes + c->scratch_bytes + io_bytes;
-    if (cudaMalloc((void **)&c->arena, total ? total : 256) != cudaSuccess) {
-        cudaGetLastError();
-        rc = kiln_error(KILN_ENOMEM, "out of GPU memory: the plan's arena needs %.1f MiB", total / 1048576.0);
-        goto done;
-    }
+    c->total_bytes = total ? total : 256;
+    rc = kc_work_reserve(c->be, c->total_bytes);
+    if (rc) goto done;
+    c->arena = c->be->work;
     c->scratch = c->arena + c->arena_bytes;
     {
         char *io = c->arena + c->arena_bytes + c->scratch_bytes;
@@ -498,23 +553,7 @@ static int kc_compile_impl(kiln_compiled *c) {
         rc = kiln_error(KILN_EBACKEND, "compile: %s", cudaGetErrorString(cudaGetLastError()));
         goto done;
     }
-    if (!getenv("KILN_CUDA_NO_GRAPH")) {
-        cudaStreamCaptureMode mode = cudaStreamCaptureModeThreadLocal;
-        if (cudaStreamBeginCapture(L->stream, mode) == cudaSuccess) {
-            int erc = kc_execute(c, 0);
-            cudaError_t e = cudaStreamEndCapture(L->stream, &c->graph);
-            if (erc == 0 && e == cudaSuccess && cudaGraphInstantiate(&c->exec, c->graph, 0) == cudaSuccess) {
-                // captured
-            } else {
-                if (c->graph) cudaGraphDestroy(c->graph);
-                c->graph = NULL;
-                c->exec = NULL;
-                cudaGetLastError();
-                kiln_error_clear();
-                fprintf(stderr, "kiln: CUDA graph capture failed; running op by op\n");
-            }
-        }
-    }
+    rc = kc_capture(c);
 done:
     free(readers);
     free(root);
@@ -543,6 +582,7 @@ static int kc_run(kiln_compiled *c, const void *const *inputs, void *const *outp
     const kiln_plan *p = c->plan;
     cudaStream_t s = c->be->libs.stream;
     KC_CUDA(cudaSetDevice(c->be->device));
+    KILN_TRY(kc_ready(c));
     for (int i = 0; i < c->n_in; i++) {
         int id = c->in_ids[i];
         KC_CUDA(cudaMemcpyAsync(c->si[id].f32, inputs[i], (size_t)kiln_slot_numel(&p->slots[id]) * 4,
@@ -568,6 +608,7 @@ static void kc_destroy(kiln_backend *be) {
     if (b) {
         for (int i = 0; i < b->n_cache; i++) cudaFree(b->cache[i].dev);
         free(b->cache);
+        cudaFree(b->work);
         cudaFree(b->staging);
         if (b->libs.lt) cublasLtDestroy(b->libs.lt);
         if (b->libs.blas) cublasDestroy(b->libs.blas);
@@ -604,6 +645,7 @@ extern "C" int kiln_backend_cuda_create_ex(int device, int bf16, kiln_backend **
     int rc = 0;
     cudaDeviceProp prop;
     if (cudaGetDeviceProperties(&prop, device) == cudaSuccess) b->libs.sm_count = prop.multiProcessorCount;
+    b->libs.cc_major = major;
     if (cudaStreamCreateWithFlags(&b->libs.stream, cudaStreamNonBlocking) != cudaSuccess)
         rc = kiln_error(KILN_EBACKEND, "cannot create a CUDA stream on %s", name);
     else if (cublasLtCreate(&b->libs.lt) != CUBLAS_STATUS_SUCCESS)

@@ -17,8 +17,15 @@ typedef struct kc_cached_weight {
     void *dev;
 } kc_cached_weight;
 
+// Device memory for activations, scratch and host I/O staging is one buffer per backend, shared by
+// all its compiled plans: they run one at a time on one stream and keep nothing in it between runs,
+// so the backend needs the largest plan's size, not the sum (U-Net + VAE + text encoder). When a
+// new plan needs more, the buffer is reallocated and older plans move onto it before their next run
+// (pointers rebased, graph captured again; the tuning stays).
 typedef struct kc_backend {
     kc_libs libs;
+    char *work;
+    size_t work_bytes;
     int device;
     char name[256];
     kc_cached_weight *cache;
@@ -56,11 +63,14 @@ struct kiln_compiled {
     kc_step *steps;
     int n_steps;
     int *in_ids, n_in, *out_ids, n_out;
-    char *arena;            // activations, then scratch
-    size_t arena_bytes, scratch_bytes;
+    char *arena;            // activations, then scratch, then I/O staging: the backend's work buffer
+    size_t arena_bytes, scratch_bytes, total_bytes;
     void *scratch;
     cudaGraph_t graph;
     cudaGraphExec_t exec;
+    // Steps left out of the run (profiling only): op kinds (bit per kiln_op_kind) and conv methods.
+    uint64_t skip_kinds;
+    unsigned skip_conv_methods;
     struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
     int n_wrefs, cap_wrefs;
 };
@@ -75,6 +85,12 @@ int kc_f32_ptr(kiln_compiled *c, int id, const float **out);
 // graph holds it: input conversion, steps, output conversion. cuda_steps.cu.
 int kc_run_step(kiln_compiled *c, kc_step *st, int tune);
 int kc_execute(kiln_compiled *c, int tune);
+// Captures kc_execute as the plan's CUDA graph (replacing any earlier one); falls back to running
+// op by op when capture fails. cuda_backend.cu.
+int kc_capture(kiln_compiled *c);
+// Moves c onto the backend's current work buffer if it was reallocated since c last ran (rebases
+// pointers, captures the graph again). Called before every run. cuda_backend.cu.
+int kc_ready(kiln_compiled *c);
 // Scratch one op may need (workspaces, im2col, group-norm partials, attention fallback).
 size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op);
 

@@ -52,6 +52,7 @@ typedef struct kc_libs {
     void *cudnn;            // cudnnHandle_t, or NULL when built without cuDNN
     cudaStream_t stream;
     int sm_count;
+    int cc_major;           // compute capability of the device
     kc_dtype dtype;         // element type of activations and weights (fp16 unless bf16 was asked for)
 } kc_libs;
 
@@ -118,10 +119,12 @@ int kc_igemm_launch(cudaStream_t s, kc_dtype dt, int cfg, const kc_conv *cv, con
 // GroupNorm over x laid out as element (n, c, p) at n*sn + c*sc + p*sp (p = spatial index, P of them).
 // partials: scratch of kc_group_norm_scratch(N, G) bytes.
 size_t kc_group_norm_scratch(int N, int G);
-int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, int N, int C,
-                  int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials);
-int kc_layer_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, long long rows,
-                  int C, float eps);
+// cc_major: the GPU's compute capability (the one-kernel form needs sm_90 clusters).
+int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_half *x, kc_half *y, const float *gamma,
+                  const float *beta, int N, int C, int P, int G, long long sn, long long sc, long long sp, float eps,
+                  int silu, void *partials);
+int kc_layer_norm(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, const float *gamma, const float *beta,
+                  long long rows, int C, float eps);
 
 // ---- attention (cuda_attention.cu): q/k/v rows of H*D elements with row strides (elements).
 int kc_attention_flash_supported(int D);

@@ -1,11 +1,21 @@
 // cuda_norm.cu — GroupNorm (optionally fused with SiLU) and LayerNorm on fp16 data, fp32 statistics.
 //
-// GroupNorm on NHWC data (C % 8 == 0) runs in three kernels: (1) blocks over pixel ranges sum
-// shifted values per channel (16-byte coalesced reads of whole pixel rows), merge them per group
-// and write (mean, M2) partials; (2) one warp per group merges the partials (Chan's formula) into
-// mean and 1/std; (3) a streaming pass writes act(x * a + b), a and b folded per channel.
-// Other layouts use a simple block-per-group kernel.
+// GroupNorm on NHWC data (C % 8 == 0), on sm_90: one kernel. A cluster of 8 blocks owns a run of
+// channels holding whole groups for one image; each block loads its eighth of the pixels into
+// shared memory once, the blocks exchange per-group sums through distributed shared memory (mean
+// first, then the sum of squared deviations: two exact passes over on-chip data), and each block
+// writes act(x * a + b) from shared memory. HBM traffic is one read and one write, one launch.
+// When a block's share does not fit in shared memory (large VAE maps) or before sm_90: three
+// kernels: (1) blocks over pixel ranges sum shifted values per channel and write (mean, M2)
+// partials per group; (2) one warp per group merges them (Chan's formula) into mean and 1/std;
+// (3) a streaming pass writes act(x * a + b). Other layouts use a simple block-per-group kernel.
+// Kernels are templates over the element type T (__half or __nv_bfloat16, cuda_dtype.cuh).
+#include <cooperative_groups.h>
+#include <stdlib.h>
+
 #include "backend/cuda/cuda_internal.h"
+
+namespace cg = cooperative_groups;
 
 
 typedef struct kc_gn_partial { float mean, m2, count, pad; } kc_gn_partial;
@@ -29,35 +39,26 @@ __device__ __forceinline__ float kc_silu(float v) { return v / (1.0f + __expf(-v
 // pr = tid / C8 (PR lanes); so a thread's channels never change and its loop has no divisions.
 // grid (S, N): block s sums pixels [p0, p1) of image n. Sums are shifted by the block's first
 // pixel (a sample of each channel), which keeps E[d^2] - E[d]^2 free of cancellation.
-__global__ void kc_gn_stats_kernel(const kc_half *x, int C, int P, int G, int S, kc_gn_partial *part) {
+template <typename T>
+__global__ void kc_gn_stats_kernel(const T *x, int C, int P, int G, int S, kc_gn_partial *part) {
     extern __shared__ float sm[];  // s1[PR][C], s2[PR][C], shift[C]
     const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
     float *s1 = sm, *s2 = sm + PR * C, *shift = sm + 2 * PR * C;
     const int n = blockIdx.y, s = blockIdx.x;
     const int p0 = (int)((long long)P * s / S), p1 = (int)((long long)P * (s + 1) / S);
-    const kc_half *xn = x + (size_t)n * P * C + j * 8;
+    const T *xn = x + (size_t)n * P * C + j * 8;
     float sh[8], a1[8], a2[8];
-    {
-        uint4 u = *(const uint4 *)&xn[(size_t)p0 * C];
-        const __half2 *h = (const __half2 *)&u;
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float2 f = __half22float2(h[e]);
-            sh[2 * e] = f.x, sh[2 * e + 1] = f.y;
-        }
-    }
+    kc_unpack8<T>(*(const uint4 *)&xn[(size_t)p0 * C], sh);
 #pragma unroll
     for (int e = 0; e < 8; e++) a1[e] = a2[e] = 0.0f;
 #pragma unroll 4
     for (int p = p0 + pr; p < p1; p += PR) {
-        uint4 u = *(const uint4 *)&xn[(size_t)p * C];
-        const __half2 *h = (const __half2 *)&u;
+        float f[8];
+        kc_unpack8<T>(*(const uint4 *)&xn[(size_t)p * C], f);
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float2 f = __half22float2(h[e]);
-            float d0 = f.x - sh[2 * e], d1 = f.y - sh[2 * e + 1];
-            a1[2 * e] += d0, a2[2 * e] += d0 * d0;
-            a1[2 * e + 1] += d1, a2[2 * e + 1] += d1 * d1;
+        for (int e = 0; e < 8; e++) {
+            float d = f[e] - sh[e];
+            a1[e] += d, a2[e] += d * d;
         }
     }
 #pragma unroll
@@ -116,7 +117,8 @@ __global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, 
 
 // Same thread layout as the statistics: each thread folds mean, 1/std, gamma and beta of its 8
 // channels into y = x * a + b once, then streams pixels. grid (pixel chunks, N).
-__global__ void kc_gn_apply_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta, int C, int P,
+template <typename T>
+__global__ void kc_gn_apply_kernel(const T *x, T *y, const float *gamma, const float *beta, int C, int P,
                                    int G, int silu, const float2 *stats, int pixels_per_block) {
     const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
     const int n = blockIdx.y, cpg = C / G;
@@ -132,32 +134,31 @@ __global__ void kc_gn_apply_kernel(const kc_half *x, kc_half *y, const float *ga
     const size_t base = (size_t)n * P * C + j * 8;
 #pragma unroll 4
     for (int p = p0 + pr; p < p1; p += PR) {
-        uint4 u = *(const uint4 *)&x[base + (size_t)p * C];
-        __half2 *h = (__half2 *)&u;
+        float f[8];
+        kc_unpack8<T>(*(const uint4 *)&x[base + (size_t)p * C], f);
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float2 f = __half22float2(h[e]);
-            float r0 = f.x * a[2 * e] + b[2 * e], r1 = f.y * a[2 * e + 1] + b[2 * e + 1];
-            if (silu) r0 = kc_silu(r0), r1 = kc_silu(r1);
-            h[e] = __floats2half2_rn(r0, r1);
+        for (int e = 0; e < 8; e++) {
+            f[e] = f[e] * a[e] + b[e];
+            if (silu) f[e] = kc_silu(f[e]);
         }
-        *(uint4 *)&y[base + (size_t)p * C] = u;
+        *(uint4 *)&y[base + (size_t)p * C] = kc_pack8<T>(f);
     }
 }
 
 // Any layout: one block per (n, g), two passes for the statistics, one to write.
-__global__ void kc_gn_generic_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta, int C, int P,
+template <typename T>
+__global__ void kc_gn_generic_kernel(const T *x, T *y, const float *gamma, const float *beta, int C, int P,
                                      int G, long long sn, long long sc, long long sp, float eps, int silu) {
     __shared__ float red[32];
     int n = blockIdx.y, g = blockIdx.x, cpg = C / G;
     long long count = (long long)cpg * P;
-    const kc_half *xb = x + n * sn;
-    kc_half *yb = y + n * sn;
+    const T *xb = x + n * sn;
+    T *yb = y + n * sn;
     float acc = 0.0f;
     for (long long e = threadIdx.x; e < count; e += blockDim.x) {
         int c = g * cpg + (int)(e % cpg);
         long long p = e / cpg;
-        acc += __half2float(xb[c * sc + p * sp]);
+        acc += kc_to_f(xb[c * sc + p * sp]);
     }
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = acc;
@@ -170,7 +171,7 @@ __global__ void kc_gn_generic_kernel(const kc_half *x, kc_half *y, const float *
     for (long long e = threadIdx.x; e < count; e += blockDim.x) {
         int c = g * cpg + (int)(e % cpg);
         long long p = e / cpg;
-        float d = __half2float(xb[c * sc + p * sp]) - mean;
+        float d = kc_to_f(xb[c * sc + p * sp]) - mean;
         acc += d * d;
     }
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -182,47 +183,192 @@ __global__ void kc_gn_generic_kernel(const kc_half *x, kc_half *y, const float *
     for (long long e = threadIdx.x; e < count; e += blockDim.x) {
         int c = g * cpg + (int)(e % cpg);
         long long p = e / cpg;
-        float r = (__half2float(xb[c * sc + p * sp]) - mean) * rstd * gamma[c] + beta[c];
+        float r = (kc_to_f(xb[c * sc + p * sp]) - mean) * rstd * gamma[c] + beta[c];
         if (silu) r = kc_silu(r);
-        yb[c * sc + p * sp] = __float2half(r);
+        yb[c * sc + p * sp] = kc_from_f<T>(r);
     }
 }
 
-int kc_group_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, int N, int C,
-                  int P, int G, long long sn, long long sc, long long sp, float eps, int silu, void *partials) {
-    if (G <= 0 || C % G) return kiln_error(KILN_EINVAL, "group norm: %d channels in %d groups", C, G);
+// ---- one-kernel GroupNorm on sm_90 (thread-block clusters)
+#define KC_GN_CLUSTER 8     // blocks per cluster (the portable maximum)
+#define KC_GN_THREADS 256
+static const size_t kc_gn_cluster_smem_limit = 200u << 10;  // of the H100's 227 KiB per block
+
+// Sums acc[8] (this thread's channels j*8 .. j*8+7 of the chunk) over the block's pixel lanes, then
+// over each group's channels, into out[0 .. chunk/cpg). red: KC_GN_THREADS * 8 floats.
+__device__ __forceinline__ void kc_gn_block_group_sums(float *red, const float acc[8], int j, int pr, bool active,
+                                                       int PR, int chunk, int cpg, float *out) {
+    if (active)
+#pragma unroll
+        for (int e = 0; e < 8; e++) red[pr * chunk + j * 8 + e] = acc[e];
+    __syncthreads();
+    for (int c = threadIdx.x; c < chunk; c += blockDim.x) {  // column c is read and written by one thread
+        float t = 0.0f;
+        for (int r = 0; r < PR; r++) t += red[r * chunk + c];
+        red[c] = t;
+    }
+    __syncthreads();
+    if (threadIdx.x < chunk / cpg) {
+        float t = 0.0f;
+        for (int c = threadIdx.x * cpg; c < (threadIdx.x + 1) * cpg; c++) t += red[c];
+        out[threadIdx.x] = t;
+    }
+    __syncthreads();
+}
+
+// grid (C / chunk * KC_GN_CLUSTER, N): cluster q normalises channels [q*chunk, (q+1)*chunk) of
+// image n; its block of rank r holds pixels [P*r/8, P*(r+1)/8) in shared memory. chunk = lcm(cpg, 8),
+// so a chunk holds whole groups (at most 8) and whole 16-byte vectors.
+template <typename T>
+__global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_THREADS)
+    kc_gn_cluster_kernel(const T *x, T *y, const float *gamma, const float *beta, int C, int P, int cpg, int chunk,
+                         float eps, int silu) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ uint4 kc_gn_data[];  // [pixel - p0][octet]
+    __shared__ float red[KC_GN_THREADS * 8];
+    __shared__ float gsum[8], gsq[8], gmean[8], grstd[8];
+    cg::cluster_group cluster = cg::this_cluster();
+    const int ch8 = chunk / 8, PR = KC_GN_THREADS / ch8, j = threadIdx.x % ch8, pr = threadIdx.x / ch8;
+    const bool active = pr < PR;
+    const int rank = (int)cluster.block_rank(), q = blockIdx.x / KC_GN_CLUSTER, n = blockIdx.y, gq = chunk / cpg;
+    const int p0 = (int)((long long)P * rank / KC_GN_CLUSTER), p1 = (int)((long long)P * (rank + 1) / KC_GN_CLUSTER);
+    const size_t base = (size_t)n * P * C + (size_t)q * chunk + j * 8;
+    const float count = (float)cpg * (float)P;
+    float acc[8], f[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+    if (active)
+#pragma unroll 4
+        for (int p = p0 + pr; p < p1; p += PR) {
+            uint4 u = *(const uint4 *)&x[base + (size_t)p * C];
+            kc_gn_data[(p - p0) * ch8 + j] = u;
+            kc_unpack8<T>(u, f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[e] += f[e];
+        }
+    kc_gn_block_group_sums(red, acc, j, pr, active, PR, chunk, cpg, gsum);
+    cluster.sync();
+    if (threadIdx.x < gq) {
+        float t = 0.0f;
+        for (int r = 0; r < KC_GN_CLUSTER; r++) t += cluster.map_shared_rank(gsum, r)[threadIdx.x];
+        gmean[threadIdx.x] = t / count;
+    }
+    __syncthreads();
+    float mc[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) mc[e] = gmean[(j * 8 + e) / cpg], acc[e] = 0.0f;
+    if (active)  // the second pass reads only what this thread loaded: no barrier needed before it
+        for (int p = p0 + pr; p < p1; p += PR) {
+            kc_unpack8<T>(kc_gn_data[(p - p0) * ch8 + j], f);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[e] += (f[e] - mc[e]) * (f[e] - mc[e]);
+        }
+    kc_gn_block_group_sums(red, acc, j, pr, active, PR, chunk, cpg, gsq);
+    cluster.sync();
+    if (threadIdx.x < gq) {
+        float t = 0.0f;
+        for (int r = 0; r < KC_GN_CLUSTER; r++) t += cluster.map_shared_rank(gsq, r)[threadIdx.x];
+        grstd[threadIdx.x] = rsqrtf(t / count + eps);
+    }
+    cluster.sync();  // no block leaves (freeing its shared memory) while another still reads it
+    if (!active) return;
+    float a[8], b[8];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        int g = (j * 8 + e) / cpg, c = q * chunk + j * 8 + e;
+        a[e] = grstd[g] * gamma[c];
+        b[e] = beta[c] - gmean[g] * a[e];
+    }
+#pragma unroll 4
+    for (int p = p0 + pr; p < p1; p += PR) {
+        kc_unpack8<T>(kc_gn_data[(p - p0) * ch8 + j], f);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            f[e] = f[e] * a[e] + b[e];
+            if (silu) f[e] = kc_silu(f[e]);
+        }
+        *(uint4 *)&y[base + (size_t)p * C] = kc_pack8<T>(f);
+    }
+#endif
+}
+
+static int kc_gcd(int a, int b) { return b ? kc_gcd(b, a % b) : a; }
+
+// Launches the one-kernel form when it applies; *done = 0 when it does not (older GPU, too large).
+template <typename T>
+static int kc_gn_cluster_launch(cudaStream_t s, int cc_major, const T *x, T *y, const float *gamma, const float *beta,
+                                int N, int C, int P, int G, float eps, int silu, int *done) {
+    static int smem_set;  // the opt-in above 48 KiB of dynamic shared memory, once per element type
+    *done = 0;
+    int cpg = C / G, chunk = cpg / kc_gcd(cpg, 8) * 8;
+    size_t smem = (size_t)((P + KC_GN_CLUSTER - 1) / KC_GN_CLUSTER) * chunk * sizeof(T);
+    if (cc_major < 9 || chunk / 8 > KC_GN_THREADS || C % chunk || smem > kc_gn_cluster_smem_limit ||
+        getenv("KILN_CUDA_GN_SPLIT"))
+        return 0;
+    if (!smem_set) {
+        KC_CUDA(cudaFuncSetAttribute(kc_gn_cluster_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     (int)kc_gn_cluster_smem_limit));
+        smem_set = 1;
+    }
+    dim3 grid((unsigned)(C / chunk * KC_GN_CLUSTER), (unsigned)N);
+    kc_gn_cluster_kernel<T><<<grid, KC_GN_THREADS, smem, s>>>(x, y, gamma, beta, C, P, cpg, chunk, eps, silu);
+    KC_LAUNCHED("group_norm_cluster");
+    *done = 1;
+    return 0;
+}
+
+template <typename T>
+static int kc_group_norm_t(cudaStream_t s, int cc_major, const T *x, T *y, const float *gamma, const float *beta,
+                           int N, int C, int P, int G, long long sn, long long sc, long long sp, float eps, int silu,
+                           void *partials) {
     bool nhwc = sc == 1 && sp == C && sn == (long long)P * C;
     int C8 = C / 8;
+    if (nhwc && C % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0) {
+        int done = 0;
+        KILN_TRY(kc_gn_cluster_launch<T>(s, cc_major, x, y, gamma, beta, N, C, P, G, eps, silu, &done));
+        if (done) return 0;
+    }
     if (nhwc && C % 8 == 0 && C8 <= 512 && partials && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0) {
         int PR = C8 >= 256 ? 1 : 256 / C8, threads = C8 * PR;
         int S = kc_gn_splits(P, PR);
         kc_gn_partial *part = (kc_gn_partial *)partials;
         float2 *stats = (float2 *)((char *)partials + (size_t)N * G * KC_GN_MAX_SPLITS * sizeof(kc_gn_partial));
         size_t smem = (size_t)(2 * PR + 1) * C * sizeof(float);
-        kc_gn_stats_kernel<<<dim3(S, N), threads, smem, s>>>(x, C, P, G, S, part);
+        kc_gn_stats_kernel<T><<<dim3(S, N), threads, smem, s>>>(x, C, P, G, S, part);
         KC_LAUNCHED("group_norm_stats");
         int warps = N * G;
         kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, eps);
         KC_LAUNCHED("group_norm_finalize");
         int ppb = PR * ((long long)N * P * C8 >= 65536 ? 8 : 2);  // pixels per block: fewer on small maps
-        kc_gn_apply_kernel<<<dim3((P + ppb - 1) / ppb, N), threads, 0, s>>>(x, y, gamma, beta, C, P, G, silu, stats,
-                                                                            ppb);
+        kc_gn_apply_kernel<T><<<dim3((P + ppb - 1) / ppb, N), threads, 0, s>>>(x, y, gamma, beta, C, P, G, silu,
+                                                                               stats, ppb);
         KC_LAUNCHED("group_norm_apply");
         return 0;
     }
-    kc_gn_generic_kernel<<<dim3(G, N), 256, 0, s>>>(x, y, gamma, beta, C, P, G, sn, sc, sp, eps, silu);
+    kc_gn_generic_kernel<T><<<dim3(G, N), 256, 0, s>>>(x, y, gamma, beta, C, P, G, sn, sc, sp, eps, silu);
     KC_LAUNCHED("group_norm");
     return 0;
 }
 
+int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_half *x, kc_half *y, const float *gamma,
+                  const float *beta, int N, int C, int P, int G, long long sn, long long sc, long long sp, float eps,
+                  int silu, void *partials) {
+    if (G <= 0 || C % G) return kiln_error(KILN_EINVAL, "group norm: %d channels in %d groups", C, G);
+    int rc = 0;
+    KC_DISPATCH_DTYPE(dt, T,
+                      rc = kc_group_norm_t<T>(s, cc_major, (const T *)x, (T *)y, gamma, beta, N, C, P, G, sn, sc, sp,
+                                              eps, silu, partials));
+    return rc;
+}
+
 // LayerNorm: one block of 128 threads per row; the row stays in L1 between the passes.
-__global__ void kc_layer_norm_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta, int C,
-                                     float eps) {
+template <typename T>
+__global__ void kc_layer_norm_kernel(const T *x, T *y, const float *gamma, const float *beta, int C, float eps) {
     __shared__ float red[4];
-    const kc_half *xr = x + (size_t)blockIdx.x * C;
-    kc_half *yr = y + (size_t)blockIdx.x * C;
+    const T *xr = x + (size_t)blockIdx.x * C;
+    T *yr = y + (size_t)blockIdx.x * C;
     float acc = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) acc += __half2float(xr[c]);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) acc += kc_to_f(xr[c]);
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = acc;
     __syncthreads();
@@ -230,7 +376,7 @@ __global__ void kc_layer_norm_kernel(const kc_half *x, kc_half *y, const float *
     __syncthreads();
     acc = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float d = __half2float(xr[c]) - mean;
+        float d = kc_to_f(xr[c]) - mean;
         acc += d * d;
     }
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -238,31 +384,26 @@ __global__ void kc_layer_norm_kernel(const kc_half *x, kc_half *y, const float *
     __syncthreads();
     float rstd = rsqrtf((red[0] + red[1] + red[2] + red[3]) / (float)C + eps);
     for (int c = threadIdx.x; c < C; c += blockDim.x)
-        yr[c] = __float2half((__half2float(xr[c]) - mean) * rstd * gamma[c] + beta[c]);
+        yr[c] = kc_from_f<T>((kc_to_f(xr[c]) - mean) * rstd * gamma[c] + beta[c]);
 }
 
-// LayerNorm with the row in registers: one warp per row, V vectors of 8 halves per lane (C = 8 * 32 * V at most).
-template <int V>
-__global__ void kc_layer_norm_warp_kernel(const kc_half *x, kc_half *y, const float *gamma, const float *beta,
-                                          long long rows, int C, float eps) {
+// LayerNorm with the row in registers: one warp per row, V vectors of 8 elements per lane (C = 8 * 32 * V at most).
+template <int V, typename T>
+__global__ void kc_layer_norm_warp_kernel(const T *x, T *y, const float *gamma, const float *beta, long long rows,
+                                          int C, float eps) {
     long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32, nv = C / 8;
     if (row >= rows) return;
-    const kc_half *xr = x + row * C;
+    const T *xr = x + row * C;
     float v[V][8];
     float sum = 0.0f;
 #pragma unroll
     for (int k = 0; k < V; k++) {
         int j = lane + 32 * k;
         if (j < nv) {
-            uint4 u = *(const uint4 *)&xr[j * 8];
-            const __half2 *h = (const __half2 *)&u;
+            kc_unpack8<T>(*(const uint4 *)&xr[j * 8], v[k]);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 f = __half22float2(h[e]);
-                v[k][2 * e] = f.x, v[k][2 * e + 1] = f.y;
-                sum += f.x + f.y;
-            }
+            for (int e = 0; e < 8; e++) sum += v[k][e];
         }
     }
     for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
@@ -278,38 +419,40 @@ __global__ void kc_layer_norm_warp_kernel(const kc_half *x, kc_half *y, const fl
     for (int k = 0; k < V; k++) {
         int j = lane + 32 * k;
         if (j < nv) {
-            uint4 u;
-            __half2 *h = (__half2 *)&u;
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int c = j * 8 + 2 * e;
-                h[e] = __floats2half2_rn((v[k][2 * e] - mean) * rstd * gamma[c] + beta[c],
-                                         (v[k][2 * e + 1] - mean) * rstd * gamma[c + 1] + beta[c + 1]);
-            }
-            *(uint4 *)&y[row * C + j * 8] = u;
+            for (int e = 0; e < 8; e++) v[k][e] = (v[k][e] - mean) * rstd * gamma[j * 8 + e] + beta[j * 8 + e];
+            *(uint4 *)&y[row * C + j * 8] = kc_pack8<T>(v[k]);
         }
     }
 }
 
-int kc_layer_norm(cudaStream_t s, const kc_half *x, kc_half *y, const float *gamma, const float *beta, long long rows,
-                  int C, float eps) {
-    if (rows <= 0) return 0;
+template <typename T>
+static int kc_layer_norm_t(cudaStream_t s, const T *x, T *y, const float *gamma, const float *beta, long long rows,
+                           int C, float eps) {
     int V = (C / 8 + 31) / 32;
     if (C % 8 == 0 && V <= 8) {
         unsigned blocks = (unsigned)((rows + 7) / 8);  // 8 warps (rows) per block
         switch (V) {
-        case 1: kc_layer_norm_warp_kernel<1><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
-        case 2: kc_layer_norm_warp_kernel<2><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
-        case 3: kc_layer_norm_warp_kernel<3><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
-        case 4: kc_layer_norm_warp_kernel<4><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
-        case 5: kc_layer_norm_warp_kernel<5><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
-        case 6: kc_layer_norm_warp_kernel<6><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
-        default: kc_layer_norm_warp_kernel<8><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 1: kc_layer_norm_warp_kernel<1, T><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 2: kc_layer_norm_warp_kernel<2, T><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 3: kc_layer_norm_warp_kernel<3, T><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 4: kc_layer_norm_warp_kernel<4, T><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 5: kc_layer_norm_warp_kernel<5, T><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        case 6: kc_layer_norm_warp_kernel<6, T><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
+        default: kc_layer_norm_warp_kernel<8, T><<<blocks, 256, 0, s>>>(x, y, gamma, beta, rows, C, eps); break;
         }
         KC_LAUNCHED("layer_norm");
         return 0;
     }
-    kc_layer_norm_kernel<<<(unsigned)rows, 128, 0, s>>>(x, y, gamma, beta, C, eps);
+    kc_layer_norm_kernel<T><<<(unsigned)rows, 128, 0, s>>>(x, y, gamma, beta, C, eps);
     KC_LAUNCHED("layer_norm");
     return 0;
+}
+
+int kc_layer_norm(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, const float *gamma, const float *beta,
+                  long long rows, int C, float eps) {
+    if (rows <= 0) return 0;
+    int rc = 0;
+    KC_DISPATCH_DTYPE(dt, T, rc = kc_layer_norm_t<T>(s, (const T *)x, (T *)y, gamma, beta, rows, C, eps));
+    return rc;
 }

@@ -75,8 +75,8 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         int N = (int)sx->shape[0], C = (int)sx->shape[1];
         long long P = kiln_slot_numel(sx) / ((long long)N * C);
         long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
-        return kc_group_norm(s, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp, op->eps,
-                             op->act == KILN_ACT_SILU, c->scratch);
+        return kc_group_norm(s, L->dtype, L->cc_major, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp,
+                             op->eps, op->act == KILN_ACT_SILU, c->scratch);
     }
     case KILN_OP_LAYER_NORM: {
         if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
@@ -87,7 +87,7 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
         KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
         int C = (int)sx->shape[sx->ndim - 1];
-        return kc_layer_norm(s, x, y, gamma, beta, (long long)(n / C), C, op->eps);
+        return kc_layer_norm(s, L->dtype, x, y, gamma, beta, (long long)(n / C), C, op->eps);
     }
     case KILN_OP_ACTIVATION: return kc_activation(s, dt, x, y, n, (int)op->act, 1.0f);
     case KILN_OP_SCALE: return kc_activation(s, dt, x, y, n, 0, op->scale);
@@ -183,6 +183,8 @@ int kc_execute(kiln_compiled *c, int tune) {
     for (int i = 0; i < c->n_steps; i++) {
         kc_step *st = &c->steps[i];
         if (st->op < 0) continue;
+        if (!tune && ((c->skip_kinds >> p->ops[st->op].kind) & 1)) continue;
+        if (!tune && st->has_conv && ((c->skip_conv_methods >> st->conv.method) & 1)) continue;
         int rc = kc_run_step(c, st, tune);
         if (rc) return kiln_error_context(rc, "op %d %s (%s): ", st->op, kiln_op_name(p->ops[st->op].kind),
                                           p->ops[st->op].label);

@@ -578,6 +578,10 @@ int main(void) {
         RUN(resnet_block);
         RUN(transformer_block);
         RUN(shared_input_linears);
+        setenv("KILN_CUDA_GN_SPLIT", "1", 1);  /* GroupNorm's three-kernel form in bf16 too */
+        RUN(group_norm);
+        RUN(resnet_block);
+        unsetenv("KILN_CUDA_GN_SPLIT");
         kiln_backend_destroy(g_gpu);
         g_gpu = NULL;
     } else {

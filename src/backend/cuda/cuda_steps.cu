@@ -65,29 +65,22 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         return kc_gemm_run(L, &st->gemm, x, w, b, r, y, c->scratch);
     }
     case KILN_OP_GROUP_NORM: {
-        // TODO(lead, GroupNorm rewrite): pass dt to kc_group_norm / kc_layer_norm and drop these two checks.
-        if (dt != KC_F16)
-            return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: group norm %s in %s is not implemented yet", op->label,
-                              kc_dtype_name(dt));
         const float *gamma = NULL, *beta = NULL;
         KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
         KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
         int N = (int)sx->shape[0], C = (int)sx->shape[1];
         long long P = kiln_slot_numel(sx) / ((long long)N * C);
         long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
-        return kc_group_norm(s, L->dtype, L->cc_major, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp,
+        return kc_group_norm(s, dt, L->cc_major, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp,
                              op->eps, op->act == KILN_ACT_SILU, c->scratch);
     }
     case KILN_OP_LAYER_NORM: {
         if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
-        if (dt != KC_F16)
-            return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm %s in %s is not implemented yet", op->label,
-                              kc_dtype_name(dt));
         const float *gamma = NULL, *beta = NULL;
         KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
         KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
         int C = (int)sx->shape[sx->ndim - 1];
-        return kc_layer_norm(s, L->dtype, x, y, gamma, beta, (long long)(n / C), C, op->eps);
+        return kc_layer_norm(s, dt, x, y, gamma, beta, (long long)(n / C), C, op->eps);
     }
     case KILN_OP_ACTIVATION: return kc_activation(s, dt, x, y, n, (int)op->act, 1.0f);
     case KILN_OP_SCALE: return kc_activation(s, dt, x, y, n, 0, op->scale);

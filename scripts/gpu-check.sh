@@ -27,7 +27,7 @@ fi
 export KILN_CLIP_VOCAB=${KILN_CLIP_VOCAB:-data/bpe_simple_vocab_16e6.txt.gz}
 
 gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)
-commit=$(git rev-parse --short HEAD 2>/dev/null || cat "$bin/COMMIT" 2>/dev/null || echo unknown)
+commit=$(cat "$bin/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "GPU: ${gpu:-none found}; commit $commit" | tee "$out/gpu.txt"
 
 status=0

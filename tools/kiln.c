@@ -535,6 +535,10 @@ static int cmd_bench(int argc, char **argv) {
     if (o.steps > 0)
         printf("txt2img          %.1f ms total (%d steps %s): text encode %.1f ms, sampling %.1f ms, VAE decode %.1f ms\n",
                r.total_ms, o.steps, o.sampler, r.encode_ms, r.sampling_ms, r.decode_ms);
+    if (o.steps > 0)
+        printf("sampling split   %.1f ms in U-Net calls (host copies included), %.1f ms sampler and conditioning on "
+               "the host\n",
+               r.sampling_net_ms, r.sampling_ms - r.sampling_net_ms);
     printf("weights          %.2f GiB as stored\n", (double)r.weights_bytes / (1u << 30));
     if (r.device_bytes)
         printf("device memory    %.2f GiB in use: %.2f GiB kiln (weights, arenas, library workspaces) + %.2f GiB CUDA "

@@ -27,6 +27,7 @@ typedef struct kiln_bench_result {
     double unet_median_ms, unet_min_ms; /* wall clock per call, host copies included */
     double unet_gpu_median_ms;    /* CUDA: graph replay time alone (0 on CPU) */
     double encode_ms, sampling_ms, decode_ms, total_ms; /* one whole txt2img (median of runs) */
+    double sampling_net_ms;        /* of sampling_ms: inside U-Net calls (the rest is host-side sampler work) */
     size_t weights_bytes;         /* the checkpoint's tensors as stored */
     size_t device_bytes;          /* CUDA: device memory in use after the runs (0 on CPU), context included */
     size_t context_bytes;         /* CUDA: of which a bare CUDA context (driver, runtime, kernel images) */

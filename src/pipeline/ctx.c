@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "model/embeddings.h"
 #include "net/net.h"
+#include "pipeline/txt2img.h"
 
 int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **out) {
     if (!model || !out) return kiln_error(KILN_EINVAL, "kiln_ctx_create: model and out are required");
@@ -178,5 +179,8 @@ int kiln_ctx_run(kiln_ctx *ctx, kiln_cached_plan *cp, int n, const char *const *
         else
             outputs[i - cp->n_in] = bufs[at];
     }
-    return ctx->backend->ops->run(cp->compiled, inputs, outputs);
+    double t0 = kiln_now();
+    int rc = ctx->backend->ops->run(cp->compiled, inputs, outputs);
+    ctx->run_seconds += kiln_now() - t0;
+    return rc;
 }

@@ -37,6 +37,7 @@ struct kiln_ctx {
     const float **ti_vectors;      /* their vectors, in the same order */
     char model_hash[11];           /* A1111 "Model hash", computed on first use (hashing a checkpoint takes seconds) */
     int model_hash_done;
+    double run_seconds;            /* wall time spent in kiln_ctx_run (network calls incl. host copies), for benchmarks */
 };
 
 /* Sum of the weight store's versions: changes whenever a tensor's values change. */

@@ -365,6 +365,24 @@ static void kc_fuse_horizontal(kiln_compiled *c, const int *readers, int *root) 
     free(taken);
 }
 
+// GROUP_NORM whose input is an ADD_CHANNEL result read by nothing else (a ResBlock's h + time
+// embedding): the norm adds the embedding while loading, and the ADD_CHANNEL step goes.
+static void kc_fuse_add_channel_norm(kiln_compiled *c, const int *readers) {
+    const kiln_plan *p = c->plan;
+    for (int i = 0; i < p->n_ops; i++) {
+        const kiln_op *op = &p->ops[i];
+        if (op->kind != KILN_OP_GROUP_NORM || c->steps[i].op != i) continue;
+        const kiln_slot *sx = &p->slots[op->in[0]];
+        int j = sx->producer;
+        if (sx->kind != KILN_SLOT_ACTIVATION || sx->is_output || readers[op->in[0]] != 1 || sx->ndim != 4 || j < 0 ||
+            p->ops[j].kind != KILN_OP_ADD_CHANNEL || c->steps[j].op != j)
+            continue;
+        c->steps[i].gn_x = p->ops[j].in[0];
+        c->steps[i].gn_add = p->ops[j].in[1];
+        c->steps[j].op = -1;
+    }
+}
+
 // Builds the concatenated weights (and biases) of horizontally fused GEMMs from the cached copies.
 static int kc_concat_weights(kiln_compiled *c) {
     const kiln_plan *p = c->plan;
@@ -431,7 +449,7 @@ static int kc_compile_impl(kiln_compiled *c) {
         const kiln_op *op = &p->ops[i];
         kc_step *st = &c->steps[i];
         if (st->op == -1) continue;  // an ADD folded into an earlier step
-        st->op = i, st->out = op->out, st->residual = -1;
+        st->op = i, st->out = op->out, st->residual = -1, st->gn_x = st->gn_add = -1;
         if (kc_is_alias_op(op->kind)) {
             if (p->slots[op->in[0]].kind == KILN_SLOT_WEIGHT) {
                 rc = kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layout op on weight %s", p->slots[op->in[0]].name);
@@ -450,7 +468,10 @@ static int kc_compile_impl(kiln_compiled *c) {
             }
         }
     }
-    if (!getenv("KILN_CUDA_NO_FUSE")) kc_fuse_horizontal(c, readers, root);
+    if (!getenv("KILN_CUDA_NO_FUSE")) {
+        kc_fuse_horizontal(c, readers, root);
+        kc_fuse_add_channel_norm(c, readers);
+    }
     // Buffers: one per root slot that holds data (inputs, activations), lifetimes in step order.
     for (int i = 0; i < ns; i++) bufs[i].first = INT_MAX, bufs[i].last = -1;
     for (int i = 0; i < ns; i++) {
@@ -472,7 +493,7 @@ static int kc_compile_impl(kiln_compiled *c) {
         if (i > bo->last) bo->last = i;
         for (int k = 0; k < op->n_in; k++) {
             int id = op->in[k];
-            if (id < 0 || p->slots[id].kind == KILN_SLOT_WEIGHT) continue;
+            if (id < 0 || p->slots[id].kind == KILN_SLOT_WEIGHT || (k == 0 && st->gn_x >= 0)) continue;
             kc_buffer *b = &bufs[root[id]];
             if (i > b->last) b->last = i;
             if (i < b->first) b->first = i;
@@ -481,9 +502,16 @@ static int kc_compile_impl(kiln_compiled *c) {
             kc_buffer *b = &bufs[root[st->residual]];
             if (i > b->last) b->last = i;
         }
+        for (int k = 0; k < 2 && st->gn_add >= 0; k++) {  // a fused ADD_CHANNEL's operands
+            int id = k ? st->gn_add : st->gn_x;
+            if (p->slots[id].kind == KILN_SLOT_WEIGHT) continue;
+            kc_buffer *b = &bufs[root[id]];
+            if (i > b->last) b->last = i;
+            if (i < b->first) b->first = i;
+        }
     }
-    for (int i = 0; i < ns; i++)
-        if (root[i] != i || p->slots[i].kind == KILN_SLOT_WEIGHT) bufs[i].size = 0;
+    for (int i = 0; i < ns; i++)  // aliases, weights, and results of fused-away steps hold no memory
+        if (root[i] != i || p->slots[i].kind == KILN_SLOT_WEIGHT || bufs[i].last < bufs[i].first) bufs[i].size = 0;
     for (int i = 0; i < no; i++)  // a fused GEMM's buffer holds all its members' columns
         if (c->steps[i].op >= 0 && c->steps[i].n_total) {
             const kiln_slot *so = &p->slots[p->ops[i].out];

@@ -47,6 +47,7 @@ typedef struct kc_step {
     int op;                 // plan op index, or -1 for a removed op
     int out;                // slot written (an ADD's output when a residual was fused)
     int residual;           // slot added in the epilogue, or -1
+    int gn_x, gn_add;       // GROUP_NORM of an ADD_CHANNEL's result: its x and per-channel addend (-1: none)
     kc_gemm gemm;
     kc_conv conv;
     int has_gemm, has_conv;

@@ -116,13 +116,20 @@ int kc_igemm_launch(cudaStream_t s, kc_dtype dt, int cfg, const kc_conv *cv, con
                     const kc_half *bias, const kc_half *res, kc_half *y);
 
 // ---- norms (cuda_norm.cu)
-// GroupNorm over x laid out as element (n, c, p) at n*sn + c*sc + p*sp (p = spatial index, P of them).
 // partials: scratch of kc_group_norm_scratch(N, G) bytes.
 size_t kc_group_norm_scratch(int N, int G);
+// GroupNorm of x laid out as element (n, c, p) at n*sn + c*sc + p*sp (p = spatial index, P of them),
+// y = act(GN(x + add[n, c])); add (optional, NHWC only) is [N, C] with row stride ld_add.
+typedef struct kc_gn_args {
+    const kc_half *x, *add;
+    kc_half *y;
+    const float *gamma, *beta;
+    long long ld_add, sn, sc, sp;
+    int N, C, P, G, silu;
+    float eps;
+} kc_gn_args;
 // cc_major: the GPU's compute capability (the one-kernel form needs sm_90 clusters).
-int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_half *x, kc_half *y, const float *gamma,
-                  const float *beta, int N, int C, int P, int G, long long sn, long long sc, long long sp, float eps,
-                  int silu, void *partials);
+int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_gn_args *g, void *partials);
 int kc_layer_norm(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, const float *gamma, const float *beta,
                   long long rows, int C, float eps);
 

@@ -35,26 +35,42 @@ size_t kc_group_norm_scratch(int N, int G) {
 
 __device__ __forceinline__ float kc_silu(float v) { return v / (1.0f + __expf(-v)); }
 
+// The optional addend (a ResBlock's time embedding, fused from the ADD_CHANNEL before the norm):
+// x + add rounded to the element type, exactly what the separate add would have stored.
+template <typename T> __device__ __forceinline__ void kc_gn_add8(float f[8], const float ad[8]) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) f[e] = kc_to_f(kc_from_f<T>(f[e] + ad[e]));
+}
+template <typename T>
+__device__ __forceinline__ void kc_gn_load_add(const T *add, long long lda, int n, int c0, bool on, float ad[8]) {
+#pragma unroll
+    for (int e = 0; e < 8; e++) ad[e] = on && add ? kc_to_f(add[n * lda + c0 + e]) : 0.0f;
+}
+
 // Threads of a block: channel octet j = tid % C8 (8 channels, one 16-byte load), pixel lane
 // pr = tid / C8 (PR lanes); so a thread's channels never change and its loop has no divisions.
 // grid (S, N): block s sums pixels [p0, p1) of image n. Sums are shifted by the block's first
 // pixel (a sample of each channel), which keeps E[d^2] - E[d]^2 free of cancellation.
 template <typename T>
-__global__ void kc_gn_stats_kernel(const T *x, int C, int P, int G, int S, kc_gn_partial *part) {
+__global__ void kc_gn_stats_kernel(const T *x, const T *add, long long lda, int C, int P, int G, int S,
+                                   kc_gn_partial *part) {
     extern __shared__ float sm[];  // s1[PR][C], s2[PR][C], shift[C]
     const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
     float *s1 = sm, *s2 = sm + PR * C, *shift = sm + 2 * PR * C;
     const int n = blockIdx.y, s = blockIdx.x;
     const int p0 = (int)((long long)P * s / S), p1 = (int)((long long)P * (s + 1) / S);
     const T *xn = x + (size_t)n * P * C + j * 8;
-    float sh[8], a1[8], a2[8];
+    float sh[8], a1[8], a2[8], ad[8];
+    kc_gn_load_add<T>(add, lda, n, j * 8, true, ad);
     kc_unpack8<T>(*(const uint4 *)&xn[(size_t)p0 * C], sh);
+    if (add) kc_gn_add8<T>(sh, ad);
 #pragma unroll
     for (int e = 0; e < 8; e++) a1[e] = a2[e] = 0.0f;
 #pragma unroll 4
     for (int p = p0 + pr; p < p1; p += PR) {
         float f[8];
         kc_unpack8<T>(*(const uint4 *)&xn[(size_t)p * C], f);
+        if (add) kc_gn_add8<T>(f, ad);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             float d = f[e] - sh[e];
@@ -118,11 +134,12 @@ __global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, 
 // Same thread layout as the statistics: each thread folds mean, 1/std, gamma and beta of its 8
 // channels into y = x * a + b once, then streams pixels. grid (pixel chunks, N).
 template <typename T>
-__global__ void kc_gn_apply_kernel(const T *x, T *y, const float *gamma, const float *beta, int C, int P,
+__global__ void kc_gn_apply_kernel(const T *x, const T *add, long long lda, T *y, const float *gamma, const float *beta, int C, int P,
                                    int G, int silu, const float2 *stats, int pixels_per_block) {
     const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
     const int n = blockIdx.y, cpg = C / G;
-    float a[8], b[8];
+    float a[8], b[8], ad[8];
+    kc_gn_load_add<T>(add, lda, n, j * 8, true, ad);
 #pragma unroll
     for (int e = 0; e < 8; e++) {
         int c = j * 8 + e;
@@ -136,6 +153,7 @@ __global__ void kc_gn_apply_kernel(const T *x, T *y, const float *gamma, const f
     for (int p = p0 + pr; p < p1; p += PR) {
         float f[8];
         kc_unpack8<T>(*(const uint4 *)&x[base + (size_t)p * C], f);
+        if (add) kc_gn_add8<T>(f, ad);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
             f[e] = f[e] * a[e] + b[e];
@@ -145,10 +163,17 @@ __global__ void kc_gn_apply_kernel(const T *x, T *y, const float *gamma, const f
     }
 }
 
+template <typename T>
+__device__ __forceinline__ float kc_gn_at(const T *xb, const T *add, long long lda, int n, int c, long long at) {
+    float v = kc_to_f(xb[at]);
+    return add ? kc_to_f(kc_from_f<T>(v + kc_to_f(add[n * lda + c]))) : v;
+}
+
 // Any layout: one block per (n, g), two passes for the statistics, one to write.
 template <typename T>
-__global__ void kc_gn_generic_kernel(const T *x, T *y, const float *gamma, const float *beta, int C, int P,
-                                     int G, long long sn, long long sc, long long sp, float eps, int silu) {
+__global__ void kc_gn_generic_kernel(const T *x, const T *add, long long lda, T *y, const float *gamma,
+                                     const float *beta, int C, int P, int G, long long sn, long long sc, long long sp,
+                                     float eps, int silu) {
     __shared__ float red[32];
     int n = blockIdx.y, g = blockIdx.x, cpg = C / G;
     long long count = (long long)cpg * P;
@@ -158,7 +183,7 @@ __global__ void kc_gn_generic_kernel(const T *x, T *y, const float *gamma, const
     for (long long e = threadIdx.x; e < count; e += blockDim.x) {
         int c = g * cpg + (int)(e % cpg);
         long long p = e / cpg;
-        acc += kc_to_f(xb[c * sc + p * sp]);
+        acc += kc_gn_at(xb, add, lda, n, c, c * sc + p * sp);
     }
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x / 32] = acc;
@@ -171,7 +196,7 @@ __global__ void kc_gn_generic_kernel(const T *x, T *y, const float *gamma, const
     for (long long e = threadIdx.x; e < count; e += blockDim.x) {
         int c = g * cpg + (int)(e % cpg);
         long long p = e / cpg;
-        float d = kc_to_f(xb[c * sc + p * sp]) - mean;
+        float d = kc_gn_at(xb, add, lda, n, c, c * sc + p * sp) - mean;
         acc += d * d;
     }
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
@@ -183,7 +208,7 @@ __global__ void kc_gn_generic_kernel(const T *x, T *y, const float *gamma, const
     for (long long e = threadIdx.x; e < count; e += blockDim.x) {
         int c = g * cpg + (int)(e % cpg);
         long long p = e / cpg;
-        float r = (kc_to_f(xb[c * sc + p * sp]) - mean) * rstd * gamma[c] + beta[c];
+        float r = (kc_gn_at(xb, add, lda, n, c, c * sc + p * sp) - mean) * rstd * gamma[c] + beta[c];
         if (silu) r = kc_silu(r);
         yb[c * sc + p * sp] = kc_from_f<T>(r);
     }
@@ -191,104 +216,140 @@ __global__ void kc_gn_generic_kernel(const T *x, T *y, const float *gamma, const
 
 // ---- one-kernel GroupNorm on sm_90 (thread-block clusters)
 #define KC_GN_CLUSTER 8     // blocks per cluster (the portable maximum)
-#define KC_GN_THREADS 256
+#define KC_GN_THREADS 256   // 8 warps
+#define KC_GN_MAX_CHUNK 256 // channels per cluster at most (32 octets: one warp row)
 static const size_t kc_gn_cluster_smem_limit = 200u << 10;  // of the H100's 227 KiB per block
 
-// Sums acc[8] (this thread's channels j*8 .. j*8+7 of the chunk) over the block's pixel lanes, then
-// over each group's channels, into out[0 .. chunk/cpg). red: KC_GN_THREADS * 8 floats.
-__device__ __forceinline__ void kc_gn_block_group_sums(float *red, const float acc[8], int j, int pr, bool active,
-                                                       int PR, int chunk, int cpg, float *out) {
-    if (active)
-#pragma unroll
-        for (int e = 0; e < 8; e++) red[pr * chunk + j * 8 + e] = acc[e];
-    __syncthreads();
-    for (int c = threadIdx.x; c < chunk; c += blockDim.x) {  // column c is read and written by one thread
-        float t = 0.0f;
-        for (int r = 0; r < PR; r++) t += red[r * chunk + c];
-        red[c] = t;
-    }
-    __syncthreads();
-    if (threadIdx.x < chunk / cpg) {
-        float t = 0.0f;
-        for (int c = threadIdx.x * cpg; c < (threadIdx.x + 1) * cpg; c++) t += red[c];
-        out[threadIdx.x] = t;
-    }
-    __syncthreads();
-}
+typedef struct kc_gn_part3 { float count, mean, m2; } kc_gn_part3;
 
 // grid (C / chunk * KC_GN_CLUSTER, N): cluster q normalises channels [q*chunk, (q+1)*chunk) of
 // image n; its block of rank r holds pixels [P*r/8, P*(r+1)/8) in shared memory. chunk = lcm(cpg, 8),
 // so a chunk holds whole groups (at most 8) and whole 16-byte vectors.
+// Threads: octet j = tid % ch8p (ch8p = chunk/8 rounded up to a power of two; j >= chunk/8 idle),
+// pixel lane pr = tid / ch8p. One pass: sums of values shifted by the block's first pixel (no
+// cancellation), reduced over lanes by warp shuffles and a few shared-memory rows, turned into
+// per-group (count, mean, M2) and merged over the cluster with Chan's formula.
 template <typename T>
 __global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_THREADS)
-    kc_gn_cluster_kernel(const T *x, T *y, const float *gamma, const float *beta, int C, int P, int cpg, int chunk,
-                         float eps, int silu) {
+    kc_gn_cluster_kernel(const T *x, const T *add, long long lda, T *y, const float *gamma, const float *beta, int C,
+                         int P, int cpg, int chunk, int ch8p, float eps, int silu) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ uint4 kc_gn_data[];  // [pixel - p0][octet]
-    __shared__ float red[KC_GN_THREADS * 8];
-    __shared__ float gsum[8], gsq[8], gmean[8], grstd[8];
+    __shared__ float red1[8 * KC_GN_MAX_CHUNK], red2[8 * KC_GN_MAX_CHUNK], shift[KC_GN_MAX_CHUNK];
+    __shared__ kc_gn_part3 part[8];
+    __shared__ float2 gstat[8];  // mean, 1/std per group of the chunk
     cg::cluster_group cluster = cg::this_cluster();
-    const int ch8 = chunk / 8, PR = KC_GN_THREADS / ch8, j = threadIdx.x % ch8, pr = threadIdx.x / ch8;
-    const bool active = pr < PR;
+    const int ch8 = chunk / 8, PR = KC_GN_THREADS / ch8p, tid = threadIdx.x, lane = tid % 32;
+    const int j = tid % ch8p, pr = tid / ch8p;
+    const bool active = j < ch8;
     const int rank = (int)cluster.block_rank(), q = blockIdx.x / KC_GN_CLUSTER, n = blockIdx.y, gq = chunk / cpg;
     const int p0 = (int)((long long)P * rank / KC_GN_CLUSTER), p1 = (int)((long long)P * (rank + 1) / KC_GN_CLUSTER);
+    const int np = p1 - p0;
     const size_t base = (size_t)n * P * C + (size_t)q * chunk + j * 8;
-    const float count = (float)cpg * (float)P;
-    float acc[8], f[8];
+    float sh[8], s1[8], s2[8], f[8], ga[8], be[8], ad[8];
 #pragma unroll
-    for (int e = 0; e < 8; e++) acc[e] = 0.0f;
+    for (int e = 0; e < 8; e++) sh[e] = s1[e] = s2[e] = ga[e] = be[e] = 0.0f;
+    kc_gn_load_add<T>(add, lda, n, q * chunk + j * 8, active, ad);
+    if (active && np > 0) {
+        kc_unpack8<T>(*(const uint4 *)&x[base + (size_t)p0 * C], sh);
+        if (add) kc_gn_add8<T>(sh, ad);
+#pragma unroll
+        for (int e = 0; e < 8; e++) ga[e] = gamma[q * chunk + j * 8 + e], be[e] = beta[q * chunk + j * 8 + e];
+    }
     if (active)
-#pragma unroll 4
+#pragma unroll 8
         for (int p = p0 + pr; p < p1; p += PR) {
             uint4 u = *(const uint4 *)&x[base + (size_t)p * C];
-            kc_gn_data[(p - p0) * ch8 + j] = u;
             kc_unpack8<T>(u, f);
+            if (add) {
+                kc_gn_add8<T>(f, ad);
+                u = kc_pack8<T>(f);
+            }
+            kc_gn_data[(p - p0) * ch8 + j] = u;
 #pragma unroll
-            for (int e = 0; e < 8; e++) acc[e] += f[e];
+            for (int e = 0; e < 8; e++) {
+                float d = f[e] - sh[e];
+                s1[e] += d, s2[e] += d * d;
+            }
         }
-    kc_gn_block_group_sums(red, acc, j, pr, active, PR, chunk, cpg, gsum);
-    cluster.sync();
-    if (threadIdx.x < gq) {
-        float t = 0.0f;
-        for (int r = 0; r < KC_GN_CLUSTER; r++) t += cluster.map_shared_rank(gsum, r)[threadIdx.x];
-        gmean[threadIdx.x] = t / count;
+    // Lanes of a warp with the same octet (lane % ch8p) first; then one row per warp in shared memory.
+    for (int o = ch8p; o < 32; o *= 2)
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            s1[e] += __shfl_xor_sync(0xffffffffu, s1[e], o);
+            s2[e] += __shfl_xor_sync(0xffffffffu, s2[e], o);
+        }
+    const int warp = tid / 32;
+    if (active && lane < ch8p)
+#pragma unroll
+        for (int e = 0; e < 8; e++) red1[warp * chunk + j * 8 + e] = s1[e], red2[warp * chunk + j * 8 + e] = s2[e];
+    if (active && pr == 0)
+#pragma unroll
+        for (int e = 0; e < 8; e++) shift[j * 8 + e] = sh[e];
+    __syncthreads();
+    // Per channel: mean and M2 over this block's pixels (in red1 / red2 row 0).
+    for (int c = tid; c < chunk; c += KC_GN_THREADS) {
+        float t1 = 0.0f, t2 = 0.0f;
+        for (int r = 0; r < KC_GN_THREADS / 32; r++) t1 += red1[r * chunk + c], t2 += red2[r * chunk + c];
+        float cnt = np > 0 ? (float)np : 1.0f;
+        red1[c] = shift[c] + t1 / cnt;
+        red2[c] = fmaxf(t2 - t1 * t1 / cnt, 0.0f);
     }
     __syncthreads();
-    float mc[8];
+    // Per group: one warp each (gq <= 8 = warps per block).
+    if (warp < gq) {
+        int c0 = warp * cpg;
+        float m = 0.0f;
+        for (int c = lane; c < cpg; c += 32) m += red1[c0 + c];
+        for (int o = 16; o; o >>= 1) m += __shfl_xor_sync(0xffffffffu, m, o);
+        m /= (float)cpg;
+        float M2 = 0.0f;
+        for (int c = lane; c < cpg; c += 32) {
+            float d = red1[c0 + c] - m;
+            M2 += red2[c0 + c] + (float)np * d * d;
+        }
+        for (int o = 16; o; o >>= 1) M2 += __shfl_xor_sync(0xffffffffu, M2, o);
+        if (lane == 0) part[warp] = kc_gn_part3{(float)np * cpg, m, M2};
+    }
+    cluster.sync();  // every block's partials are ready
+    // Thread g*8 + r (the first two warps) reads group g's partial from rank r; 8 lanes merge them.
+    if (tid < 64) {
+        int g = tid / 8, r = tid % 8;
+        float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
+        if (g < gq) {
+            kc_gn_part3 pt = cluster.map_shared_rank(part, r)[g];
+            cnt = pt.count, mean = pt.mean, m2 = pt.m2;
+        }
+        for (int o = 1; o < 8; o *= 2) {
+            float c2 = __shfl_xor_sync(0xffffffffu, cnt, o), mean2 = __shfl_xor_sync(0xffffffffu, mean, o);
+            float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
+            kc_chan_merge(cnt, mean, m2, c2, mean2, m22);
+        }
+        if (g < gq && r == 0) gstat[g] = make_float2(mean, rsqrtf(m2 / cnt + eps));
+    }
+    // Done reading other blocks' shared memory: signal it now, wait for the others only at the end.
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+    __syncthreads();
+    if (active && np > 0) {
+        float a[8], b[8];
 #pragma unroll
-    for (int e = 0; e < 8; e++) mc[e] = gmean[(j * 8 + e) / cpg], acc[e] = 0.0f;
-    if (active)  // the second pass reads only what this thread loaded: no barrier needed before it
+        for (int e = 0; e < 8; e++) {
+            int g = (j * 8 + e) / cpg;
+            a[e] = gstat[g].y * ga[e];
+            b[e] = be[e] - gstat[g].x * a[e];
+        }
+#pragma unroll 4
         for (int p = p0 + pr; p < p1; p += PR) {
             kc_unpack8<T>(kc_gn_data[(p - p0) * ch8 + j], f);
 #pragma unroll
-            for (int e = 0; e < 8; e++) acc[e] += (f[e] - mc[e]) * (f[e] - mc[e]);
+            for (int e = 0; e < 8; e++) {
+                f[e] = f[e] * a[e] + b[e];
+                if (silu) f[e] = kc_silu(f[e]);
+            }
+            *(uint4 *)&y[base + (size_t)p * C] = kc_pack8<T>(f);
         }
-    kc_gn_block_group_sums(red, acc, j, pr, active, PR, chunk, cpg, gsq);
-    cluster.sync();
-    if (threadIdx.x < gq) {
-        float t = 0.0f;
-        for (int r = 0; r < KC_GN_CLUSTER; r++) t += cluster.map_shared_rank(gsq, r)[threadIdx.x];
-        grstd[threadIdx.x] = rsqrtf(t / count + eps);
     }
-    cluster.sync();  // no block leaves (freeing its shared memory) while another still reads it
-    if (!active) return;
-    float a[8], b[8];
-#pragma unroll
-    for (int e = 0; e < 8; e++) {
-        int g = (j * 8 + e) / cpg, c = q * chunk + j * 8 + e;
-        a[e] = grstd[g] * gamma[c];
-        b[e] = beta[c] - gmean[g] * a[e];
-    }
-#pragma unroll 4
-    for (int p = p0 + pr; p < p1; p += PR) {
-        kc_unpack8<T>(kc_gn_data[(p - p0) * ch8 + j], f);
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            f[e] = f[e] * a[e] + b[e];
-            if (silu) f[e] = kc_silu(f[e]);
-        }
-        *(uint4 *)&y[base + (size_t)p * C] = kc_pack8<T>(f);
-    }
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");  // no block leaves while read
 #endif
 }
 
@@ -296,13 +357,13 @@ static int kc_gcd(int a, int b) { return b ? kc_gcd(b, a % b) : a; }
 
 // Launches the one-kernel form when it applies; *done = 0 when it does not (older GPU, too large).
 template <typename T>
-static int kc_gn_cluster_launch(cudaStream_t s, int cc_major, const T *x, T *y, const float *gamma, const float *beta,
-                                int N, int C, int P, int G, float eps, int silu, int *done) {
+static int kc_gn_cluster_launch(cudaStream_t s, int cc_major, const kc_gn_args *g, int *done) {
     static int smem_set;  // the opt-in above 48 KiB of dynamic shared memory, once per element type
     *done = 0;
-    int cpg = C / G, chunk = cpg / kc_gcd(cpg, 8) * 8;
+    int C = g->C, P = g->P, cpg = C / g->G, chunk = cpg / kc_gcd(cpg, 8) * 8, ch8p = 1;
+    while (ch8p < chunk / 8) ch8p *= 2;
     size_t smem = (size_t)((P + KC_GN_CLUSTER - 1) / KC_GN_CLUSTER) * chunk * sizeof(T);
-    if (cc_major < 9 || chunk / 8 > KC_GN_THREADS || C % chunk || smem > kc_gn_cluster_smem_limit ||
+    if (cc_major < 9 || chunk > KC_GN_MAX_CHUNK || C % chunk || smem > kc_gn_cluster_smem_limit ||
         getenv("KILN_CUDA_GN_SPLIT"))
         return 0;
     if (!smem_set) {
@@ -310,54 +371,53 @@ static int kc_gn_cluster_launch(cudaStream_t s, int cc_major, const T *x, T *y, 
                                      (int)kc_gn_cluster_smem_limit));
         smem_set = 1;
     }
-    dim3 grid((unsigned)(C / chunk * KC_GN_CLUSTER), (unsigned)N);
-    kc_gn_cluster_kernel<T><<<grid, KC_GN_THREADS, smem, s>>>(x, y, gamma, beta, C, P, cpg, chunk, eps, silu);
+    dim3 grid((unsigned)(C / chunk * KC_GN_CLUSTER), (unsigned)g->N);
+    kc_gn_cluster_kernel<T><<<grid, KC_GN_THREADS, smem, s>>>((const T *)g->x, (const T *)g->add, g->ld_add,
+                                                                (T *)g->y, g->gamma, g->beta, C, P, cpg, chunk, ch8p,
+                                                                g->eps, g->silu);
     KC_LAUNCHED("group_norm_cluster");
     *done = 1;
     return 0;
 }
 
-template <typename T>
-static int kc_group_norm_t(cudaStream_t s, int cc_major, const T *x, T *y, const float *gamma, const float *beta,
-                           int N, int C, int P, int G, long long sn, long long sc, long long sp, float eps, int silu,
-                           void *partials) {
-    bool nhwc = sc == 1 && sp == C && sn == (long long)P * C;
-    int C8 = C / 8;
-    if (nhwc && C % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0) {
+template <typename T> static int kc_group_norm_t(cudaStream_t s, int cc_major, const kc_gn_args *g, void *partials) {
+    const int N = g->N, C = g->C, P = g->P, G = g->G, C8 = C / 8;
+    const T *x = (const T *)g->x, *add = (const T *)g->add;
+    T *y = (T *)g->y;
+    bool nhwc = g->sc == 1 && g->sp == C && g->sn == (long long)P * C;
+    bool vec = nhwc && C % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0;
+    if (vec) {
         int done = 0;
-        KILN_TRY(kc_gn_cluster_launch<T>(s, cc_major, x, y, gamma, beta, N, C, P, G, eps, silu, &done));
+        KILN_TRY(kc_gn_cluster_launch<T>(s, cc_major, g, &done));
         if (done) return 0;
     }
-    if (nhwc && C % 8 == 0 && C8 <= 512 && partials && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0) {
+    if (vec && C8 <= 512 && partials) {
         int PR = C8 >= 256 ? 1 : 256 / C8, threads = C8 * PR;
         int S = kc_gn_splits(P, PR);
         kc_gn_partial *part = (kc_gn_partial *)partials;
         float2 *stats = (float2 *)((char *)partials + (size_t)N * G * KC_GN_MAX_SPLITS * sizeof(kc_gn_partial));
         size_t smem = (size_t)(2 * PR + 1) * C * sizeof(float);
-        kc_gn_stats_kernel<T><<<dim3(S, N), threads, smem, s>>>(x, C, P, G, S, part);
+        kc_gn_stats_kernel<T><<<dim3(S, N), threads, smem, s>>>(x, add, g->ld_add, C, P, G, S, part);
         KC_LAUNCHED("group_norm_stats");
         int warps = N * G;
-        kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, eps);
+        kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, g->eps);
         KC_LAUNCHED("group_norm_finalize");
         int ppb = PR * ((long long)N * P * C8 >= 65536 ? 8 : 2);  // pixels per block: fewer on small maps
-        kc_gn_apply_kernel<T><<<dim3((P + ppb - 1) / ppb, N), threads, 0, s>>>(x, y, gamma, beta, C, P, G, silu,
-                                                                               stats, ppb);
+        kc_gn_apply_kernel<T><<<dim3((P + ppb - 1) / ppb, N), threads, 0, s>>>(x, add, g->ld_add, y, g->gamma,
+                                                                               g->beta, C, P, G, g->silu, stats, ppb);
         KC_LAUNCHED("group_norm_apply");
         return 0;
     }
-    kc_gn_generic_kernel<T><<<dim3(G, N), 256, 0, s>>>(x, y, gamma, beta, C, P, G, sn, sc, sp, eps, silu);
+    kc_gn_generic_kernel<T><<<dim3(G, N), 256, 0, s>>>(x, add, g->ld_add, y, g->gamma, g->beta, C, P, G, g->sn, g->sc,
+                                                       g->sp, g->eps, g->silu);
     KC_LAUNCHED("group_norm");
     return 0;
 }
 
-int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_half *x, kc_half *y, const float *gamma,
-                  const float *beta, int N, int C, int P, int G, long long sn, long long sc, long long sp, float eps,
-                  int silu, void *partials) {
-    if (G <= 0 || C % G) return kiln_error(KILN_EINVAL, "group norm: %d channels in %d groups", C, G);
+int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_gn_args *g, void *partials) {
+    if (g->G <= 0 || g->C % g->G) return kiln_error(KILN_EINVAL, "group norm: %d channels in %d groups", g->C, g->G);
     int rc = 0;
-    KC_DISPATCH_DTYPE(dt, T,
-                      rc = kc_group_norm_t<T>(s, cc_major, (const T *)x, (T *)y, gamma, beta, N, C, P, G, sn, sc, sp,
-                                              eps, silu, partials));
+    KC_DISPATCH_DTYPE(dt, T, rc = kc_group_norm_t<T>(s, cc_major, g, partials));
     return rc;
 }
 
@@ -395,13 +455,26 @@ __global__ void kc_layer_norm_warp_kernel(const T *x, T *y, const float *gamma, 
     int lane = threadIdx.x % 32, nv = C / 8;
     if (row >= rows) return;
     const T *xr = x + row * C;
-    float v[V][8];
+    constexpr bool PRE = V <= 3;  // registers for gamma and beta too (wider rows would lose occupancy)
+    constexpr int VP = PRE ? V : 1;
+    float v[V][8], ga[VP][8], be[VP][8];
     float sum = 0.0f;
 #pragma unroll
     for (int k = 0; k < V; k++) {
         int j = lane + 32 * k;
-        if (j < nv) {
+        if (j < nv) {  // gamma and beta are loaded with the row, not after the reductions
             kc_unpack8<T>(*(const uint4 *)&xr[j * 8], v[k]);
+        }
+        if (PRE && j < nv) {
+            const int kp = PRE ? k : 0;
+            float4 g0 = *(const float4 *)&gamma[j * 8], g1 = *(const float4 *)&gamma[j * 8 + 4];
+            float4 b0 = *(const float4 *)&beta[j * 8], b1 = *(const float4 *)&beta[j * 8 + 4];
+            ga[kp][0] = g0.x, ga[kp][1] = g0.y, ga[kp][2] = g0.z, ga[kp][3] = g0.w;
+            ga[kp][4] = g1.x, ga[kp][5] = g1.y, ga[kp][6] = g1.z, ga[kp][7] = g1.w;
+            be[kp][0] = b0.x, be[kp][1] = b0.y, be[kp][2] = b0.z, be[kp][3] = b0.w;
+            be[kp][4] = b1.x, be[kp][5] = b1.y, be[kp][6] = b1.z, be[kp][7] = b1.w;
+        }
+        if (j < nv) {
 #pragma unroll
             for (int e = 0; e < 8; e++) sum += v[k][e];
         }
@@ -420,7 +493,9 @@ __global__ void kc_layer_norm_warp_kernel(const T *x, T *y, const float *gamma, 
         int j = lane + 32 * k;
         if (j < nv) {
 #pragma unroll
-            for (int e = 0; e < 8; e++) v[k][e] = (v[k][e] - mean) * rstd * gamma[j * 8 + e] + beta[j * 8 + e];
+            for (int e = 0; e < 8; e++)
+                v[k][e] = (v[k][e] - mean) * rstd * (PRE ? ga[PRE ? k : 0][e] : gamma[j * 8 + e]) +
+                          (PRE ? be[PRE ? k : 0][e] : beta[j * 8 + e]);
             *(uint4 *)&y[row * C + j * 8] = kc_pack8<T>(v[k]);
         }
     }

@@ -65,14 +65,20 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         return kc_gemm_run(L, &st->gemm, x, w, b, r, y, c->scratch);
     }
     case KILN_OP_GROUP_NORM: {
-        const float *gamma = NULL, *beta = NULL;
-        KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
-        KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
-        int N = (int)sx->shape[0], C = (int)sx->shape[1];
-        long long P = kiln_slot_numel(sx) / ((long long)N * C);
-        long long sn = (long long)C * P, sc = sx->ndim == 4 ? 1 : P, sp = sx->ndim == 4 ? C : 1;
-        return kc_group_norm(s, dt, L->cc_major, x, y, gamma, beta, N, C, (int)P, op->groups, sn, sc, sp,
-                             op->eps, op->act == KILN_ACT_SILU, c->scratch);
+        kc_gn_args g = {};
+        if (st->gn_add >= 0) {  // GN(x + time embedding): the ADD_CHANNEL before it was fused in
+            KILN_TRY(kc_half_ptr(c, st->gn_x, &x));
+            KILN_TRY(kc_half_ptr(c, st->gn_add, &g.add));
+            sx = &p->slots[st->gn_x];
+            g.ld_add = c->si[st->gn_add].ld ? c->si[st->gn_add].ld : sx->shape[1];
+        }
+        KILN_TRY(kc_f32_ptr(c, op->in[1], &g.gamma));
+        KILN_TRY(kc_f32_ptr(c, op->in[2], &g.beta));
+        g.x = x, g.y = y, g.N = (int)sx->shape[0], g.C = (int)sx->shape[1], g.G = op->groups;
+        long long P = kiln_slot_numel(sx) / ((long long)g.N * g.C);
+        g.P = (int)P, g.sn = (long long)g.C * P, g.sc = sx->ndim == 4 ? 1 : P, g.sp = sx->ndim == 4 ? g.C : 1;
+        g.eps = op->eps, g.silu = op->act == KILN_ACT_SILU;
+        return kc_group_norm(s, dt, L->cc_major, &g, c->scratch);
     }
     case KILN_OP_LAYER_NORM: {
         if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);

@@ -67,6 +67,10 @@ typedef struct kiln_ctx kiln_ctx;
 
 typedef struct kiln_ctx_options {
     const char *backend;        /* "cpu" (default) or "cuda" */
+    const char *precision;      /* cuda: "fp16" (default) or "bf16" (activations and weights in bfloat16; fp32
+                                   accumulation either way); NULL = the default (KILN_CUDA_BF16=1 in the
+                                   environment makes it bf16). The cpu backend computes in fp32: "bf16" is
+                                   an error there */
     int threads;                /* CPU threads, 0 = all cores */
     const char *vocab_path;     /* CLIP vocabulary; NULL = the model's tokenizer/ or the default */
     const char *embeddings_dir; /* textual-inversion embeddings used by name in prompts; NULL = none */

@@ -7,7 +7,14 @@
  *   TOL_OP    2e-3  single GEMM / conv / norm / elementwise op
  *   TOL_ATTN  5e-3  attention (probabilities rounded to fp16 before P V)
  *   TOL_CHAIN 5e-3  chains of ops (roundings add up)
- * NaN anywhere fails. Exits 77 (skipped) when there is no usable GPU. */
+ * Everything runs a second time on a bf16 backend (kiln_backend_cuda_create_ex(0, 1)). bf16 keeps 8
+ * mantissa bits to fp16's 11, so each stored value is rounded 8x more coarsely (2^-9 relative vs
+ * 2^-12 unit roundoff) while the accumulation stays fp32: every error term above scales by 8, and
+ * so do the limits (fp16 measured 2e-4 .. 9e-4 for single ops, i.e. ~1.6e-3 .. 7e-3 expected in
+ * bf16, still 2x under the limit):
+ *   TOL_OP    1.6e-2,  TOL_ATTN 4e-2,  TOL_CHAIN 4e-2.
+ * The fp16 limits are the same as before bf16 existed. NaN anywhere fails. Exits 77 (skipped) when
+ * there is no usable GPU. */
 #define _POSIX_C_SOURCE 200809L /* setenv */
 #include <stdint.h>
 #include <stdlib.h>
@@ -17,12 +24,13 @@
 #include "core/error.h"
 #include "test.h"
 
-#define TOL_OP 2e-3
-#define TOL_ATTN 5e-3
-#define TOL_CHAIN 5e-3
-
 static kiln_backend *g_cpu, *g_gpu;
 static int g_verbose;
+static int g_bf16;  /* g_gpu computes in bf16: the bf16 limits apply */
+
+#define TOL_OP (g_bf16 ? 1.6e-2 : 2e-3)
+#define TOL_ATTN (g_bf16 ? 4e-2 : 5e-3)
+#define TOL_CHAIN (g_bf16 ? 4e-2 : 5e-3)
 
 static uint32_t rng_state = 2024u;
 static float frand(float lo, float hi) {
@@ -74,7 +82,9 @@ static int tc_weight(tcase *t, const char *name, int ndim, int64_t a, int64_t b,
 }
 
 /* Runs the plan with output slot `out` on both backends and compares. */
-static void tc_finish(tcase *t, int out, const char *what, double tol) {
+static void tc_finish(tcase *t, int out, const char *what_op, double tol) {
+    char what[160];
+    snprintf(what, sizeof what, "%s%s", g_bf16 ? "bf16 " : "", what_op);
     CHECK_MSG(out >= 0, "%s: building the plan failed: %s", what, kiln_last_error());
     if (out >= 0) kiln_plan_output(t->p, out, "out");
     int rc = kiln_plan_finalize(t->p);
@@ -258,6 +268,12 @@ TEST(activations) {
     tc_begin(&t);
     int x = tc_input(&t, "x", 4, 2, 5, 3, 3, 4.0f);
     tc_finish(&t, kiln_plan_scale(t.p, x, 0.18215f), "scale [2,5,3,3]", TOL_OP);
+    if (g_bf16) {  /* bf16 has fp32's exponent range: values past fp16's 65504 stay finite */
+        tc_begin(&t);
+        x = tc_input(&t, "x", 3, 2, 9, 17, 0, 3.0e5f);
+        tc_finish(&t, kiln_plan_scale(t.p, kiln_plan_activation(t.p, x, KILN_ACT_SILU), 0.5f),
+                  "silu + scale of values up to 3e5", TOL_OP);
+    }
 }
 
 TEST(geglu) {
@@ -492,12 +508,19 @@ TEST(errors) {
     int rc = kiln_backend_cuda_create(999, &be);
     CHECK(rc < 0 && be == NULL);
     CHECK(strstr(kiln_last_error(), "999") != NULL);
+    be = NULL;
+    rc = kiln_backend_cuda_create_ex(999, 1, &be);
+    CHECK(rc < 0 && be == NULL);
+    /* by name: "cuda:bf16" is the bf16 backend */
+    CHECK(kiln_backend_create("cuda:bf16", &be) == 0 && be && !strcmp(be->ops->name, "cuda"));
+    kiln_backend_destroy(be);
 }
 
 int main(void) {
     /* without a GPU (or a build without CUDA, where the entry point reports so) the test is skipped */
     g_verbose = getenv("KILN_TEST_VERBOSE") != NULL;
-    if (kiln_backend_cuda_create(0, &g_gpu) != 0) {
+    int no_cudnn_given = getenv("KILN_CUDA_NO_CUDNN") != NULL;
+    if (kiln_backend_cuda_create_ex(0, 0, &g_gpu) != 0) {
         printf("skipped: %s\n", kiln_last_error());
         return 77;
     }
@@ -559,7 +582,7 @@ int main(void) {
         /* the same convolutions once more with cuDNN off: the im2col + cuBLASLt path */
         kiln_backend_destroy(g_gpu);
         setenv("KILN_CUDA_NO_CUDNN", "1", 1);
-        if (kiln_backend_cuda_create(0, &g_gpu) == 0) {
+        if (kiln_backend_cuda_create_ex(0, 0, &g_gpu) == 0) {
             RUN(conv2d);
             RUN(resnet_block);
         }
@@ -569,7 +592,7 @@ int main(void) {
     kiln_backend_destroy(g_gpu);
     g_gpu = NULL;
     setenv("KILN_CUDA_FORCE_IGEMM", "1", 1);
-    if (kiln_backend_cuda_create(0, &g_gpu) == 0) {
+    if (kiln_backend_cuda_create_ex(0, 0, &g_gpu) == 0) {
         RUN(conv2d);
         RUN(conv2d_igemm);
         RUN(resnet_block);
@@ -577,6 +600,59 @@ int main(void) {
         CHECK_MSG(0, "cuda backend with KILN_CUDA_FORCE_IGEMM: %s", kiln_last_error());
     }
     if (g_gpu) kiln_backend_destroy(g_gpu);
+    g_gpu = NULL;
+    unsetenv("KILN_CUDA_FORCE_IGEMM");
+
+    /* all of it again in bf16, with the bf16 limits; then the convolutions without cuDNN, and on the
+     * implicit-GEMM kernel */
+    g_bf16 = 1;
+    if (!no_cudnn_given) unsetenv("KILN_CUDA_NO_CUDNN");
+    if (kiln_backend_cuda_create_ex(0, 1, &g_gpu) == 0) {
+        RUN(conv2d);
+        RUN(conv2d_igemm);
+        RUN(linear);
+        RUN(group_norm);
+        RUN(layer_norm);
+        RUN(activations);
+        RUN(geglu);
+        RUN(attention);
+        RUN(layout_ops);
+        RUN(adds);
+        RUN(timestep_embed);
+        RUN(resnet_block);
+        RUN(transformer_block);
+        RUN(shared_input_linears);
+        setenv("KILN_CUDA_GN_SPLIT", "1", 1);  /* GroupNorm's three-kernel form in bf16 too */
+        RUN(group_norm);
+        RUN(resnet_block);
+        unsetenv("KILN_CUDA_GN_SPLIT");
+        kiln_backend_destroy(g_gpu);
+        g_gpu = NULL;
+    } else {
+        CHECK_MSG(0, "bf16 cuda backend: %s", kiln_last_error());
+    }
+    if (!no_cudnn_given) {
+        setenv("KILN_CUDA_NO_CUDNN", "1", 1);
+        if (kiln_backend_cuda_create_ex(0, 1, &g_gpu) == 0) {
+            RUN(conv2d);
+            RUN(resnet_block);
+            kiln_backend_destroy(g_gpu);
+            g_gpu = NULL;
+        } else {
+            CHECK_MSG(0, "bf16 cuda backend without cuDNN: %s", kiln_last_error());
+        }
+        unsetenv("KILN_CUDA_NO_CUDNN");
+    }
+    setenv("KILN_CUDA_FORCE_IGEMM", "1", 1);
+    if (kiln_backend_cuda_create_ex(0, 1, &g_gpu) == 0) {
+        RUN(conv2d);
+        RUN(conv2d_igemm);
+        RUN(resnet_block);
+        kiln_backend_destroy(g_gpu);
+        g_gpu = NULL;
+    } else {
+        CHECK_MSG(0, "bf16 cuda backend with KILN_CUDA_FORCE_IGEMM: %s", kiln_last_error());
+    }
     kiln_backend_destroy(g_cpu);
     return test_summary();
 }

@@ -37,7 +37,8 @@ static int usage(FILE *f) {
                "  tokenize [--vocab FILE | -m MODEL] PROMPT\n"
                "                            print the CLIP token ids (BOS/EOS included) as a JSON array\n"
                "  generate -m MODEL -p PROMPT [options]   txt2img (kiln generate --help lists the options)\n"
-               "  bench -m MODEL [--backend cpu|cuda] [-W 512 -H 512 --batch-size 1 --steps 20 --iters 20 --profile]\n"
+               "  bench -m MODEL [--backend cpu|cuda] [--precision fp16|bf16]\n"
+               "        [-W 512 -H 512 --batch-size 1 --steps 20 --iters 20 --profile]\n"
                "                            time the U-Net step and whole txt2img runs\n"
                "  pnginfo IMAGE             print an image's A1111 parameters as JSON\n"
                "  mkrandom [--arch sd15|tiny-sd15] [--seed N] -o FILE.safetensors\n"
@@ -219,6 +220,8 @@ static void generate_help(FILE *f) {
                "  --embeddings-dir DIR      textual-inversion embeddings, used by name in prompts\n"
                "  --vocab FILE              CLIP vocabulary (default: the model's or the installed one)\n"
                "  --backend cpu|cuda        compute backend (cpu)\n"
+               "  --precision fp16|bf16     cuda: 16-bit type of activations and weights (fp16; bf16 trades\n"
+               "                            3 mantissa bits for fp32's range, no overflow)\n"
                "  --threads N               CPU threads (all)\n"
                "  -o, --output FILE         .png/.jpg/.webp (default kiln-SEED.png); several images get -N suffixes\n"
                "  -q, --quiet               no progress bar\n"
@@ -303,10 +306,24 @@ static void output_name(const char *base, int index, int count, char *buf, size_
     snprintf(buf, size, "%.*s-%d%s", (int)(dot - base), base, index + 1, dot);
 }
 
+/* --precision: fp16 or bf16, and bf16 only with the cuda backend. */
+static int check_precision(const char *cmd, const char *backend, const char *precision) {
+    if (!precision) return 1;
+    if (strcmp(precision, "fp16") && strcmp(precision, "bf16")) {
+        fprintf(stderr, "kiln %s: --precision must be fp16 or bf16, not '%s'\n", cmd, precision);
+        return 0;
+    }
+    if (!strcmp(precision, "bf16") && strcmp(backend, "cuda")) {
+        fprintf(stderr, "kiln %s: --precision bf16 applies to the cuda backend (--backend cuda)\n", cmd);
+        return 0;
+    }
+    return 1;
+}
+
 static int cmd_generate(int argc, char **argv) {
     kiln_gen_params p;
     kiln_gen_params_init(&p);
-    const char *model_path = NULL, *output = NULL, *vae = NULL, *vocab = NULL, *backend = "cpu";
+    const char *model_path = NULL, *output = NULL, *vae = NULL, *vocab = NULL, *backend = "cpu", *precision = NULL;
     const char *lora_dir = NULL, *embeddings_dir = NULL, *loras[16];
     int n_loras = 0;
     long long v;
@@ -365,6 +382,7 @@ static int cmd_generate(int argc, char **argv) {
         }
         else if (!strcmp(a, "--vocab")) vocab = val;
         else if (!strcmp(a, "--backend")) backend = val;
+        else if (!strcmp(a, "--precision")) precision = val;
         else if (!strcmp(a, "--threads")) { if (!parse_int(a, val, 0, 4096, &v)) return 1; threads = (int)v; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) output = val;
         else if (!strcmp(a, "--init-image")) init_path = val;
@@ -401,6 +419,7 @@ static int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "kiln generate: --backend must be cpu or cuda, not '%s'\n", backend);
         return 1;
     }
+    if (!check_precision("generate", backend, precision)) return 1;
     if (!load_init_images(init_path, mask_path, have_w, have_h, &p, &init_img, &mask_img)) {
         kiln_image_free(&init_img);
         kiln_image_free(&mask_img);
@@ -415,8 +434,8 @@ static int cmd_generate(int argc, char **argv) {
     }
     p.loras = loras;
     p.n_loras = n_loras;
-    kiln_ctx_options co = {.backend = backend, .threads = threads, .vocab_path = vocab, .lora_dir = lora_dir,
-                           .embeddings_dir = embeddings_dir, .log = log_to_stderr};
+    kiln_ctx_options co = {.backend = backend, .precision = precision, .threads = threads, .vocab_path = vocab,
+                           .lora_dir = lora_dir, .embeddings_dir = embeddings_dir, .log = log_to_stderr};
     kiln_ctx *ctx = NULL;
     if (kiln_ctx_create(m, &co, &ctx)) {
         kiln_model_free(m);
@@ -470,6 +489,7 @@ static int cmd_bench(int argc, char **argv) {
         const char *val = argv[++i];
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = val;
         else if (!strcmp(a, "--backend")) o.backend = val;
+        else if (!strcmp(a, "--precision")) o.precision = val;
         else if (!strcmp(a, "--sampler")) o.sampler = val;
         else if (!strcmp(a, "-W") || !strcmp(a, "--width")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; o.width = (int)v; }
         else if (!strcmp(a, "-H") || !strcmp(a, "--height")) { if (!parse_int(a, val, 8, 16384, &v)) return 1; o.height = (int)v; }
@@ -489,6 +509,7 @@ static int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "kiln bench: -m MODEL is required (kiln mkrandom makes a benchmark model)\n");
         return 1;
     }
+    if (!check_precision("bench", o.backend, o.precision)) return 1;
     kiln_model *m = NULL;
     if (kiln_model_load(model_path, NULL, &m)) return fail("bench");
     kiln_bench_result r;
@@ -503,8 +524,8 @@ static int cmd_bench(int argc, char **argv) {
         printf("\n");
     }
     printf("model            %s\n", model_path);
-    printf("backend          %s, %dx%d, batch %d (U-Net batch %d with CFG)\n", o.backend, o.width, o.height, o.batch,
-           2 * o.batch);
+    printf("backend          %s (%s), %dx%d, batch %d (U-Net batch %d with CFG)\n", o.backend, r.precision, o.width,
+           o.height, o.batch, 2 * o.batch);
     printf("unet step        %.3f ms median (wall, host copies included), %.3f ms min", r.unet_median_ms, r.unet_min_ms);
     if (r.unet_gpu_median_ms > 0) printf(", %.3f ms GPU replay", r.unet_gpu_median_ms);
     printf("\nunet rate        %.1f it/s, %.1f GFLOP per call, %.2f TFLOP/s", 1e3 / ms, r.unet_gflop,

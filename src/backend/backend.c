@@ -9,17 +9,30 @@
 
 #ifndef KILN_HAVE_CUDA
 /* Without the CUDA build the entry point still exists, so callers need no #ifdefs. */
-int kiln_backend_cuda_create(int device, kiln_backend **out) {
+int kiln_backend_cuda_create_ex(int device, int bf16, kiln_backend **out) {
     (void)device;
+    (void)bf16;
     (void)out;
     return kiln_error(KILN_EUNSUPPORTED, "kiln was built without the CUDA backend");
 }
 #endif
 
+int kiln_cuda_env_bf16(void) {
+    const char *e = getenv("KILN_CUDA_BF16");
+    return e && *e && strcmp(e, "0") != 0;
+}
+
+int kiln_backend_cuda_create(int device, kiln_backend **out) {
+    return kiln_backend_cuda_create_ex(device, kiln_cuda_env_bf16(), out);
+}
+
 int kiln_backend_create(const char *name, kiln_backend **out) {
     if (name && !strcasecmp(name, "cpu")) return kiln_backend_cpu_create(0, out);
     if (name && !strcasecmp(name, "cuda")) return kiln_backend_cuda_create(0, out);
-    return kiln_error(KILN_EINVAL, "unknown backend '%s' (expected cpu or cuda)", name ? name : "(null)");
+    if (name && !strcasecmp(name, "cuda:fp16")) return kiln_backend_cuda_create_ex(0, 0, out);
+    if (name && !strcasecmp(name, "cuda:bf16")) return kiln_backend_cuda_create_ex(0, 1, out);
+    return kiln_error(KILN_EINVAL, "unknown backend '%s' (expected cpu, cuda, cuda:fp16 or cuda:bf16)",
+                      name ? name : "(null)");
 }
 
 void kiln_backend_destroy(kiln_backend *be) {

@@ -31,9 +31,16 @@ struct kiln_backend {
 
 /* The CPU reference backend (fp32, OpenBLAS, OpenMP threads). n_threads 0 = all cores. */
 int kiln_backend_cpu_create(int n_threads, kiln_backend **out);
-/* The CUDA backend; fails with a clear message when there is no usable GPU. */
+/* The CUDA backend; fails with a clear message when there is no usable GPU. Computes in fp16
+ * unless the environment has KILN_CUDA_BF16=1 (then as kiln_backend_cuda_create_ex with bf16 = 1). */
 int kiln_backend_cuda_create(int device, kiln_backend **out);
-/* By name: "cpu" or "cuda". */
+/* The CUDA backend with its 16-bit element type chosen: bf16 = 0 fp16 (activations and weights in
+ * IEEE half), 1 bfloat16 (fp32's exponent range, 8 mantissa bits: no overflow, ~8x coarser
+ * rounding). Accumulation is fp32 either way. The environment is not read. */
+int kiln_backend_cuda_create_ex(int device, int bf16, kiln_backend **out);
+/* Whether KILN_CUDA_BF16 asks for bf16 (set and not "0"): the default of kiln_backend_cuda_create. */
+int kiln_cuda_env_bf16(void);
+/* By name: "cpu", "cuda" (fp16, or bf16 per KILN_CUDA_BF16), "cuda:fp16" or "cuda:bf16". */
 int kiln_backend_create(const char *name, kiln_backend **out);
 void kiln_backend_destroy(kiln_backend *be);
 

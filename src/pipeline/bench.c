@@ -119,9 +119,13 @@ int kiln_bench_run(kiln_model *model, const kiln_bench_opts *o, kiln_bench_resul
         return kiln_error(KILN_EINVAL, "size %dx%d is not a multiple of 8", o->width, o->height);
     for (int i = 0; i < model->weights->n; i++)
         r->weights_bytes += (size_t)kiln_weight_numel(&model->weights->items[i]) * kiln_dtype_size(model->weights->items[i].dtype);
-    kiln_ctx_options co = {.backend = o->backend, .threads = o->threads};
+    kiln_ctx_options co = {.backend = o->backend, .precision = o->precision, .threads = o->threads};
     kiln_ctx *ctx = NULL;
     KILN_TRY(kiln_ctx_create(model, &co, &ctx));
+    r->precision = "fp32";
+#ifdef KILN_HAVE_CUDA
+    if (!strcmp(ctx->backend->ops->name, "cuda")) r->precision = kiln_cuda_precision(ctx->backend);
+#endif
     int rc = time_unet(ctx, o, r);
     if (rc == KILN_OK && o->steps > 0) rc = time_images(ctx, o, r);
 #ifdef KILN_HAVE_CUDA

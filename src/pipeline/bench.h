@@ -9,6 +9,7 @@
 
 typedef struct kiln_bench_opts {
     const char *backend;          /* "cpu" or "cuda" */
+    const char *precision;        /* cuda: "fp16" or "bf16" (NULL = the default: kiln_ctx_options.precision) */
     int threads;                  /* CPU threads (0 = all) */
     int width, height, batch;     /* image size and batch size (the U-Net runs 2 x batch: CFG) */
     int steps;                    /* txt2img steps */
@@ -30,6 +31,7 @@ typedef struct kiln_bench_result {
     size_t weights_bytes;         /* the checkpoint's tensors as stored */
     size_t device_bytes;          /* CUDA: device memory in use after the runs (0 on CPU), context included */
     size_t context_bytes;         /* CUDA: of which a bare CUDA context (driver, runtime, kernel images) */
+    const char *precision;        /* what the backend computed in: "fp32" (cpu), "fp16" or "bf16" (cuda) */
 } kiln_bench_result;
 
 /* The op kind's name (kiln_op_name) for bench reports. */

@@ -19,9 +19,16 @@ int kiln_ctx_create(kiln_model *model, const kiln_ctx_options *opts, kiln_ctx **
     ctx->model = model;
     if (opts) ctx->log = (kiln_logger){opts->log, opts->log_user};
     const char *backend = opts && opts->backend ? opts->backend : "cpu";
+    const char *precision = opts ? opts->precision : NULL;
     int rc;
-    if (!strcmp(backend, "cpu"))
+    if (precision && strcmp(precision, "fp16") && strcmp(precision, "bf16"))
+        rc = kiln_error(KILN_EINVAL, "unknown precision '%s' (expected fp16 or bf16)", precision);
+    else if (precision && !strcmp(precision, "bf16") && strcmp(backend, "cuda"))
+        rc = kiln_error(KILN_EINVAL, "precision bf16 applies to the cuda backend (backend '%s')", backend);
+    else if (!strcmp(backend, "cpu"))
         rc = kiln_backend_cpu_create(opts ? opts->threads : 0, &ctx->backend);
+    else if (!strcmp(backend, "cuda") && precision)
+        rc = kiln_backend_cuda_create_ex(0, !strcmp(precision, "bf16"), &ctx->backend);
     else
         rc = kiln_backend_create(backend, &ctx->backend);
     if (rc == KILN_OK) {

@@ -5,7 +5,7 @@
  * graph) and its graph replays are timed with CUDA events (warm-up, then the median of many).
  * The time of R = 1 is subtracted from R = 1 + REPS, so the I/O conversions at the plan's edges
  * cancel and what remains is REPS ops back to back, as in the U-Net.
- * Usage: cuda_bench [filter-substring] */
+ * Usage: cuda_bench [filter-substring]   (KILN_CUDA_BF16=1 times the bf16 kernels) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +139,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", kiln_last_error());
         return 77;
     }
+    printf("precision %s (KILN_CUDA_BF16=1: bf16)\n", kiln_cuda_precision(be));
     static const bench_case cases[] = {
         {"conv3x3 2x320x64x64 ->320", B_CONV, 2, 320, 64, 64, 320, 3},
         {"conv3x3 2x640x32x32 ->640", B_CONV, 2, 640, 32, 32, 640, 3},

@@ -2,8 +2,8 @@
  * graph replay time (CUDA events, median), device memory (weights + arena), and optionally the
  * output against the CPU backend (--check, slow).
  *
- * Usage: cuda_unet_bench [--batch N] [--size PX] [--iters N] [--check] [--describe]
- * Default: batch 2 (CFG), 512x512 (64x64 latent), context 77x768. */
+ * Usage: cuda_unet_bench [--batch N] [--size PX] [--iters N] [--check] [--describe] [--bf16]
+ * Default: batch 2 (CFG), 512x512 (64x64 latent), context 77x768, fp16 (--bf16 or KILN_CUDA_BF16=1: bf16). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -77,16 +77,17 @@ static double randomize(kiln_weights *ws) {
 }
 
 int main(int argc, char **argv) {
-    int batch = 2, size = 512, iters = 30, check = 0, describe = 0;
+    int batch = 2, size = 512, iters = 30, check = 0, describe = 0, bf16 = kiln_cuda_env_bf16();
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--check")) check = 1;
         else if (!strcmp(argv[i], "--describe")) describe = 1;
+        else if (!strcmp(argv[i], "--bf16")) bf16 = 1;
     }
     kiln_backend *gpu = NULL;
-    if (kiln_backend_cuda_create(0, &gpu) != 0) {
+    if (kiln_backend_cuda_create_ex(0, bf16, &gpu) != 0) {
         fprintf(stderr, "%s\n", kiln_last_error());
         return 77;
     }
@@ -109,8 +110,8 @@ int main(int argc, char **argv) {
     }
     double flops = 0;
     for (int i = 0; i < p->n_ops; i++) flops += kiln_op_flops(p, &p->ops[i]);
-    printf("SD1.5 U-Net batch %d, %dx%d (latent %dx%d), ctx 77x768: %d ops, %.0fM params, %.3f TFLOP\n", batch, size,
-           size, h, w, p->n_ops, params / 1e6, flops / 1e12);
+    printf("SD1.5 U-Net batch %d, %dx%d (latent %dx%d), ctx 77x768, %s: %d ops, %.0fM params, %.3f TFLOP\n", batch,
+           size, size, h, w, kiln_cuda_precision(gpu), p->n_ops, params / 1e6, flops / 1e12);
 
     double t0 = now();
     kiln_compiled *c = NULL;
@@ -130,8 +131,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("compile (upload + tuning + graph): %.2f s\n", t_compile);
-    printf("device memory: %.0f MiB for weights (fp16) + arena, process total %.0f MiB over the context\n",
-           (mem1 - mem0) / 1048576.0, mem1 / 1048576.0);
+    printf("device memory: %.0f MiB for weights (%s) + arena, process total %.0f MiB over the context\n",
+           (mem1 - mem0) / 1048576.0, kiln_cuda_precision(gpu), mem1 / 1048576.0);
     printf("U-Net step: median %.3f ms, min %.3f ms over %d graph replays -> %.0f TFLOP/s\n", med, mn, iters,
            flops / (med * 1e-3) / 1e12);
 

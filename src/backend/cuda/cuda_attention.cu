@@ -1,12 +1,16 @@
-// cuda_attention.cu — scaled dot-product attention over fp16 [B, L, H*D] rows.
+// cuda_attention.cu — scaled dot-product attention over 16-bit [B, L, H*D] rows (fp16 or bf16:
+// every kernel is a template on the element type T).
 //
 // Flash attention (head dims that are multiples of 8 up to 160): each block of 4 warps owns 64
 // query rows of one (batch, head); K/V tiles of 64 rows stream through shared memory (cp.async,
 // double-buffered); S = Q K^T and O += P V run on tensor cores (mma.sync m16n8k16, fp32
 // accumulation); the softmax is online (running max and sum per row), so no score matrix is
 // ever stored. Head dims that are not a multiple of 16 (40) are zero-padded in shared memory.
-// The probabilities are exponentiated in fp16 pairs (ex2.approx.f16x2, two per instruction): they
-// enter P V as fp16 anyway, and the row sums add exactly the rounded values used.
+// fp16: the probabilities are exponentiated in fp16 pairs (ex2.approx.f16x2, two per instruction):
+// they enter P V as fp16 anyway, and the row sums add exactly the rounded values used. bf16: the
+// same trick would round the exponent argument to bf16 (8 bits: 2^x off by up to ~1% at x = -8),
+// so each exponential is computed in fp32 and the pair rounded to bf16 once; the row sums again
+// add the rounded values.
 //
 // Fallback (any head dim): scores through cuBLAS into fp32 scratch, a softmax kernel, then P V.
 #include <float.h>
@@ -18,26 +22,27 @@
 
 #define KC_FA_THREADS 128
 
-__device__ __forceinline__ uint32_t kc_pack_half2(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *(uint32_t *)&h;
-}
-
-__device__ __forceinline__ uint32_t kc_ex2_half2(float a, float b) {  // (2^a, 2^b) as fp16, one MUFU op
+// (2^a, 2^b) as a pair of T packed in one register (the A fragment of P V).
+template <typename T> __device__ __forceinline__ uint32_t kc_ex2_pair(float a, float b);
+template <> __device__ __forceinline__ uint32_t kc_ex2_pair<__half>(float a, float b) {  // one MUFU op
     __half2 h = __floats2half2_rn(a, b);
     uint32_t in = *(uint32_t *)&h, out;
     asm("ex2.approx.f16x2 %0, %1;\n" : "=r"(out) : "r"(in));
     return out;
 }
+template <> __device__ __forceinline__ uint32_t kc_ex2_pair<__nv_bfloat16>(float a, float b) {
+    return kc_pack2<__nv_bfloat16>(exp2f(a), exp2f(b));
+}
 
 // D: head dim (multiple of 8). DP: D rounded up to 16. MT: 16-row query tiles per warp (the K/V
 // fragments loaded from shared memory serve MT tiles). Shared rows have DP + 8 halves (16-byte
 // aligned rows, and the +8 staggers rows across banks for ldmatrix).
-template <int D, int MT, int BKV>
+template <typename T, int D, int MT, int BKV>
 __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 blocks per SM fill one wave
-    kc_flash_kernel(const kc_half *__restrict__ q, const kc_half *__restrict__ k, const kc_half *__restrict__ v,
-                    kc_half *__restrict__ o, int H, int Lq, int Lk, long long ldq, long long ldk, long long ldv,
-                    long long ldo, float scale_log2, int causal) {
+    kc_flash_kernel(const T *__restrict__ q, const T *__restrict__ k, const T *__restrict__ v, T *__restrict__ o,
+                    int H, int Lq, int Lk, long long ldq, long long ldk, long long ldv, long long ldo,
+                    float scale_log2, int causal) {
+    typedef typename kc_pair_of<T>::type T2;
     constexpr int BQ = 64 * MT;         // 4 warps x MT x 16 rows
     constexpr int DP = (D + 15) / 16 * 16;
     constexpr int PITCH = DP + 8;
@@ -45,17 +50,17 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
     constexpr int DTILES = D / 8;       // n-tiles of O over the head dim
     constexpr int CHUNKS = D / 8;       // 16-byte chunks per row
     constexpr int NT = BKV / 8;   // n-tiles of S over the kv tile
-    extern __shared__ __align__(16) kc_half smem[];
-    kc_half *sQ = smem;                                 // [BQ][PITCH]
-    kc_half *sK = sQ + BQ * PITCH;                      // [2][BKV][PITCH]
-    kc_half *sV = sK + 2 * BKV * PITCH;           // [2][BKV][PITCH]
+    extern __shared__ __align__(16) kc_half smem[];     // one declaration for every T: raw 16-bit storage
+    T *sQ = (T *)smem;                                  // [BQ][PITCH]
+    T *sK = sQ + BQ * PITCH;                            // [2][BKV][PITCH]
+    T *sV = sK + 2 * BKV * PITCH;                       // [2][BKV][PITCH]
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
     const int qb = blockIdx.x * BQ, h = blockIdx.y, b = blockIdx.z;
-    const kc_half *qg = q + (size_t)b * Lq * ldq + (size_t)h * D;
-    const kc_half *kg = k + (size_t)b * Lk * ldk + (size_t)h * D;
-    const kc_half *vg = v + (size_t)b * Lk * ldv + (size_t)h * D;
+    const T *qg = q + (size_t)b * Lq * ldq + (size_t)h * D;
+    const T *kg = k + (size_t)b * Lk * ldk + (size_t)h * D;
+    const T *vg = v + (size_t)b * Lk * ldv + (size_t)h * D;
 
     // Zero the padding columns D..DP of Q and K (they enter the dot products). When D % 16 == 8,
     // V's padding tile holds a column of ones: the P V product then also yields the row sums of P,
@@ -63,9 +68,9 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
     constexpr bool SUM_BY_MMA = DP != D;
     if (DP != D) {
         for (int r = tid; r < BQ + 4 * BKV; r += KC_FA_THREADS) {
-            kc_half *row = r < BQ ? sQ + r * PITCH : sK + (r - BQ) * PITCH;  // sK is followed by sV
+            T *row = r < BQ ? sQ + r * PITCH : sK + (r - BQ) * PITCH;  // sK is followed by sV
             bool is_v = r >= BQ + 2 * BKV;
-            for (int c = D; c < DP; c++) row[c] = __float2half(is_v && c == D ? 1.0f : 0.0f);
+            for (int c = D; c < DP; c++) row[c] = kc_from_f<T>(is_v && c == D ? 1.0f : 0.0f);
         }
     }
     for (int i = tid; i < BQ * CHUNKS; i += KC_FA_THREADS) {
@@ -78,7 +83,7 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
     const int n_tiles = (kv_end + BKV - 1) / BKV;
     auto load_kv = [&](int tile, int buf) {
         int k0 = tile * BKV;
-        kc_half *dk = sK + buf * BKV * PITCH, *dv = sV + buf * BKV * PITCH;
+        T *dk = sK + buf * BKV * PITCH, *dv = sV + buf * BKV * PITCH;
         for (int i = tid; i < BKV * CHUNKS; i += KC_FA_THREADS) {
             int r = i / CHUNKS, c = (i % CHUNKS) * 8;
             bool ok = k0 + r < Lk;
@@ -107,7 +112,7 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
         kc_cp_commit();
         kc_cp_wait<1>();
         __syncthreads();
-        const kc_half *cK = sK + (j & 1) * BKV * PITCH, *cV = sV + (j & 1) * BKV * PITCH;
+        const T *cK = sK + (j & 1) * BKV * PITCH, *cV = sV + (j & 1) * BKV * PITCH;
 
         // S = Q K^T: MT x 16 rows by 64 kv columns
         float s[MT][NT][4];
@@ -128,14 +133,14 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
                                        ((lane / 8) % 2) * 8);
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    kc_mma16816(s[mt][nt], a[mt], bb[0], bb[1]);
-                    kc_mma16816(s[mt][nt + 1], a[mt], bb[2], bb[3]);
+                    kc_mma16816_t<T>(s[mt][nt], a[mt], bb[0], bb[1]);
+                    kc_mma16816_t<T>(s[mt][nt + 1], a[mt], bb[2], bb[3]);
                 }
             }
         }
         const int kv0 = j * BKV;
         const bool need_mask = kv0 + BKV > Lk || (causal && kv0 + BKV > qb);
-        uint32_t pk[MT][NT][2];  // P as fp16 pairs: the A fragments of P V
+        uint32_t pk[MT][NT][2];  // P as pairs of T: the A fragments of P V
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
             const int row0 = qb + wrow + mt * 16 + g;  // this thread's rows: row0 and row0 + 8
@@ -167,10 +172,10 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
             for (int nt = 0; nt < NT; nt++) {
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
-                    pk[mt][nt][r] = kc_ex2_half2(fmaf(s[mt][nt][2 * r], scale_log2, -m_use[r]),
-                                                 fmaf(s[mt][nt][2 * r + 1], scale_log2, -m_use[r]));
+                    pk[mt][nt][r] = kc_ex2_pair<T>(fmaf(s[mt][nt][2 * r], scale_log2, -m_use[r]),
+                                                   fmaf(s[mt][nt][2 * r + 1], scale_log2, -m_use[r]));
                     if (!SUM_BY_MMA) {
-                        float2 f = __half22float2(*(const __half2 *)&pk[mt][nt][r]);
+                        float2 f = kc_to_f2(*(const T2 *)&pk[mt][nt][r]);
                         rs[r] += f.x + f.y;  // sum the rounded values the product uses
                     }
                 }
@@ -195,8 +200,8 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
                 for (int mt = 0; mt < MT; mt++) {
                     uint32_t a[4] = {pk[mt][2 * kk][0], pk[mt][2 * kk][1], pk[mt][2 * kk + 1][0],
                                      pk[mt][2 * kk + 1][1]};
-                    kc_mma16816(acc[mt][dt], a, bb[0], bb[1]);
-                    if (dt + 1 < ATILES) kc_mma16816(acc[mt][dt + 1], a, bb[2], bb[3]);
+                    kc_mma16816_t<T>(acc[mt][dt], a, bb[0], bb[1]);
+                    if (dt + 1 < ATILES) kc_mma16816_t<T>(acc[mt][dt + 1], a, bb[2], bb[3]);
                 }
             }
         }
@@ -220,11 +225,10 @@ __global__ void __launch_bounds__(KC_FA_THREADS, MT == 2 ? 4 : 1)  // MT 2: 4 bl
             int row = qb + wrow + mt * 16 + g + r * 8;
             if (row >= Lq) continue;
             float inv = l > 0.0f ? 1.0f / l : 0.0f;
-            kc_half *orow = o + ((size_t)b * Lq + row) * ldo + (size_t)h * D;
+            T *orow = o + ((size_t)b * Lq + row) * ldo + (size_t)h * D;
 #pragma unroll
             for (int dt = 0; dt < DTILES; dt++)
-                *(__half2 *)&orow[dt * 8 + 2 * t] =
-                    __floats2half2_rn(acc[mt][dt][2 * r] * inv, acc[mt][dt][2 * r + 1] * inv);
+                *(T2 *)&orow[dt * 8 + 2 * t] = kc_from_f2<T>(acc[mt][dt][2 * r] * inv, acc[mt][dt][2 * r + 1] * inv);
         }
     }
 }
@@ -233,10 +237,9 @@ int kc_attention_flash_supported(int D) {
     return D == 32 || D == 40 || D == 48 || D == 64 || D == 80 || D == 96 || D == 128 || D == 160;
 }
 
-template <int D>
-static int kc_flash_launch(cudaStream_t s, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
-                           int H, int Lq, int Lk, long long ldq, long long ldk, long long ldv, long long ldo,
-                           float scale, int causal) {
+template <typename T, int D>
+static int kc_flash_launch(cudaStream_t s, const T *q, const T *k, const T *v, T *o, int B, int H, int Lq, int Lk,
+                           long long ldq, long long ldk, long long ldv, long long ldo, float scale, int causal) {
     // Two query tiles per warp where the registers allow it (small heads): halves the shared-memory
     // traffic of K and V per tensor-core op. KILN_FA_MT1 forces one (for A/B timing).
     constexpr int DP = (D + 15) / 16 * 16;
@@ -247,55 +250,67 @@ static int kc_flash_launch(cudaStream_t s, const kc_half *q, const kc_half *k, c
         size_t smem = (size_t)(64 * MT + 4 * BKV) * (DP + 8) * sizeof(kc_half);
         static bool configured = false;  // the attribute is per kernel; setting it twice is harmless
         if (!configured) {
-            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, MT, BKV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem));
+            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<T, D, MT, BKV>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
             configured = true;
         }
         dim3 grid((Lq + 64 * MT - 1) / (64 * MT), H, B);
-        kc_flash_kernel<D, MT, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
-                                                                      scale * 1.4426950408889634f, causal);
+        kc_flash_kernel<T, D, MT, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
+                                                                         scale * 1.4426950408889634f, causal);
     } else {
         constexpr int BKV = 64;
         size_t smem = (size_t)(64 + 4 * BKV) * (DP + 8) * sizeof(kc_half);
         static bool configured = false;
         if (!configured) {
-            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<D, 1, BKV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem));
+            KC_CUDA(cudaFuncSetAttribute(kc_flash_kernel<T, D, 1, BKV>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
             configured = true;
         }
         dim3 grid((Lq + 63) / 64, H, B);
-        kc_flash_kernel<D, 1, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
-                                                                     scale * 1.4426950408889634f, causal);
+        kc_flash_kernel<T, D, 1, BKV><<<grid, KC_FA_THREADS, smem, s>>>(q, k, v, o, H, Lq, Lk, ldq, ldk, ldv, ldo,
+                                                                        scale * 1.4426950408889634f, causal);
     }
     KC_LAUNCHED("flash_attention");
     return 0;
 }
 
-int kc_attention_flash(cudaStream_t s, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
-                       int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
-                       float scale, int causal) {
-    if (ldq % 8 || ldk % 8 || ldv % 8 || ldo % 2 || (uintptr_t)q % 16 || (uintptr_t)k % 16 || (uintptr_t)v % 16)
-        return kiln_error(KILN_EUNSUPPORTED, "flash attention: rows not 16-byte aligned");
+template <typename T>
+static int kc_flash_dispatch(cudaStream_t s, const T *q, const T *k, const T *v, T *o, int B, int H, int Lq, int Lk,
+                             int D, long long ldq, long long ldk, long long ldv, long long ldo, float scale,
+                             int causal) {
     switch (D) {
-    case 32: return kc_flash_launch<32>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
-    case 40: return kc_flash_launch<40>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
-    case 48: return kc_flash_launch<48>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
-    case 64: return kc_flash_launch<64>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
-    case 80: return kc_flash_launch<80>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
-    case 96: return kc_flash_launch<96>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
-    case 128: return kc_flash_launch<128>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
-    case 160: return kc_flash_launch<160>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 32: return kc_flash_launch<T, 32>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 40: return kc_flash_launch<T, 40>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 48: return kc_flash_launch<T, 48>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 64: return kc_flash_launch<T, 64>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 80: return kc_flash_launch<T, 80>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 96: return kc_flash_launch<T, 96>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 128: return kc_flash_launch<T, 128>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
+    case 160: return kc_flash_launch<T, 160>(s, q, k, v, o, B, H, Lq, Lk, ldq, ldk, ldv, ldo, scale, causal);
     default: return kiln_error(KILN_EUNSUPPORTED, "flash attention: head dim %d", D);
     }
 }
 
-// ---- fallback: softmax over rows of fp32 scores into fp16 probabilities
-__global__ void kc_softmax_rows_kernel(const float *sc, kc_half *p, int Lq, int Lk, int causal) {
+int kc_attention_flash(cudaStream_t s, kc_dtype dt, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o,
+                       int B, int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
+                       float scale, int causal) {
+    if (ldq % 8 || ldk % 8 || ldv % 8 || ldo % 2 || (uintptr_t)q % 16 || (uintptr_t)k % 16 || (uintptr_t)v % 16)
+        return kiln_error(KILN_EUNSUPPORTED, "flash attention: rows not 16-byte aligned");
+    if (dt == KC_BF16)
+        return kc_flash_dispatch<__nv_bfloat16>(s, (const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k,
+                                                (const __nv_bfloat16 *)v, (__nv_bfloat16 *)o, B, H, Lq, Lk, D, ldq,
+                                                ldk, ldv, ldo, scale, causal);
+    return kc_flash_dispatch<__half>(s, q, k, v, o, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, causal);
+}
+
+// ---- fallback: softmax over rows of fp32 scores into 16-bit probabilities
+template <typename T>
+__global__ void kc_softmax_rows_kernel(const float *sc, T *p, int Lq, int Lk, int causal) {
     __shared__ float red[32];
     size_t row = blockIdx.x;
     int qi = (int)(row % Lq);
     const float *in = sc + row * Lk;
-    kc_half *out = p + row * Lk;
+    T *out = p + row * Lk;
     int lim = causal ? min(Lk, qi + 1) : Lk;
     float m = -INFINITY;
     for (int c = threadIdx.x; c < lim; c += blockDim.x) m = fmaxf(m, in[c]);
@@ -314,7 +329,7 @@ __global__ void kc_softmax_rows_kernel(const float *sc, kc_half *p, int Lq, int 
     for (int w = 0; w < (int)blockDim.x / 32; w++) sum += red[w];
     float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     for (int c = threadIdx.x; c < Lk; c += blockDim.x)
-        out[c] = __float2half(c < lim ? __expf(in[c] - m) * inv : 0.0f);
+        out[c] = kc_from_f<T>(c < lim ? __expf(in[c] - m) * inv : 0.0f);
 }
 
 size_t kc_attention_fallback_scratch(int H, int Lq, int Lk) {
@@ -329,7 +344,9 @@ int kc_attention_fallback(kc_libs *libs, const kc_half *q, const kc_half *k, con
     for (int b = 0; b < B; b++) {
         KILN_TRY(kc_gemm_batched(libs, Lq, Lk, D, scale, q + (size_t)b * Lq * ldq, (int)ldq, D,
                                  k + (size_t)b * Lk * ldk, (int)ldk, D, 1, sc, Lk, (long long)Lq * Lk, 1, H));
-        kc_softmax_rows_kernel<<<(unsigned)(H * Lq), 256, 0, libs->stream>>>(sc, p, Lq, Lk, causal);
+        KC_DISPATCH_DTYPE(libs->dtype, T,
+                          (kc_softmax_rows_kernel<T><<<(unsigned)(H * Lq), 256, 0, libs->stream>>>(sc, (T *)p, Lq,
+                                                                                                   Lk, causal)));
         KC_LAUNCHED("softmax");
         KILN_TRY(kc_gemm_batched(libs, Lq, D, Lk, 1.0f, p, Lk, (long long)Lq * Lk, v + (size_t)b * Lk * ldv, (int)ldv,
                                  D, 0, o + (size_t)b * Lq * ldo, (int)ldo, D, 0, H));

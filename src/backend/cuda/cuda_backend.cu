@@ -3,11 +3,11 @@
 //
 // Compile does, in order: fusion (a LINEAR/CONV2D whose only reader is an ADD takes the other
 // operand as its residual; layout ops NCHW_TO_NLC/NLC_TO_NCHW become aliases, because NHWC and
-// [N, HW, C] are the same bytes), memory planning over buffer lifetimes, weight upload (fp16, 4-D
-// as [O, kh, kw, C]; norm parameters fp32; cached per backend so plans share them), tuning of every
-// GEMM and convolution on random data, and graph capture. Run copies the host fp32 inputs in,
-// replays the graph (which converts them to fp16 NHWC first and the outputs back last), and copies
-// the outputs out.
+// [N, HW, C] are the same bytes), memory planning over buffer lifetimes, weight upload (16-bit in
+// the backend's dtype, fp16 or bf16; 4-D as [O, kh, kw, C]; norm parameters fp32; cached per
+// backend so plans share them), tuning of every GEMM and convolution on random data, and graph
+// capture. Run copies the host fp32 inputs in, replays the graph (which converts them to 16-bit
+// NHWC first and the outputs back last), and copies the outputs out.
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +23,8 @@
 static size_t kc_align(size_t n) { return (n + 255) & ~(size_t)255; }
 
 
-// Converts and copies one weight to new device memory: fp32 as is, or fp16 (4-D as NHWC).
+// Converts and copies one weight to new device memory: fp32 as is, or 16-bit in the backend's dtype
+// (4-D as NHWC).
 static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void **out) {
     int64_t n = kiln_weight_numel(w);
     float *host = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
@@ -56,7 +57,8 @@ static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void 
     }
     if (!f32) {
         int nhwc = w->ndim == 4;
-        int rc = kc_f32_to_half(be->libs.stream, be->staging, (kc_half *)dev, nhwc, nhwc ? (int)w->shape[0] : 1,
+        int rc = kc_f32_to_half(be->libs.stream, be->libs.dtype, be->staging, (kc_half *)dev, nhwc,
+                                nhwc ? (int)w->shape[0] : 1,
                                 nhwc ? (int)w->shape[1] : 1, nhwc ? (int)w->shape[2] : 1,
                                 nhwc ? (int)w->shape[3] : 1, (size_t)n);
         if (rc == 0 && cudaStreamSynchronize(be->libs.stream) != cudaSuccess)
@@ -141,7 +143,7 @@ static void kc_weight_drop(kiln_compiled *c, const kiln_weight *w, int f32) {
         }
 }
 
-// Device pointer of a slot read as fp16 data (weights from the cache).
+// Device pointer of a slot read as 16-bit data (weights from the cache).
 int kc_half_ptr(kiln_compiled *c, int id, const kc_half **out) {
     const kiln_slot *s = &c->plan->slots[id];
     if (s->kind == KILN_SLOT_WEIGHT) {
@@ -553,7 +555,8 @@ static int kc_compile_impl(kiln_compiled *c) {
         if (s->kind == KILN_SLOT_INPUT && s->dtype == KILN_SLOT_I32) c->si[i].ptr = c->si[i].f32;
     }
     // Random finite data everywhere, so tuning never times zeros or NaNs.
-    rc = kc_fill_random(L->stream, (kc_half *)c->arena, (c->arena_bytes + c->scratch_bytes) / 2, 12345u, 0.5f);
+    rc = kc_fill_random(L->stream, L->dtype, (kc_half *)c->arena, (c->arena_bytes + c->scratch_bytes) / 2, 12345u,
+                        0.5f);
     if (rc) goto done;
     for (int i = 0; i < c->n_in; i++) {
         int id = c->in_ids[i];
@@ -564,7 +567,7 @@ static int kc_compile_impl(kiln_compiled *c) {
                 goto done;
             }
         } else {  // half the f32 buffer's bytes hold random halves: reinterpret a random fill as f32 data
-            rc = kc_half_to_f32(L->stream, (const kc_half *)c->arena, c->si[id].f32, 0, 1, 1, 1, 1,
+            rc = kc_half_to_f32(L->stream, L->dtype, (const kc_half *)c->arena, c->si[id].f32, 0, 1, 1, 1, 1,
                                 n < c->arena_bytes / 2 ? n : c->arena_bytes / 2);
             if (rc) goto done;
         }
@@ -648,7 +651,7 @@ static void kc_destroy(kiln_backend *be) {
 
 static const kiln_backend_ops kc_ops = {"cuda", kc_compile, kc_run, kc_free_compiled, kc_destroy};
 
-extern "C" int kiln_backend_cuda_create(int device, kiln_backend **out) {
+extern "C" int kiln_backend_cuda_create_ex(int device, int bf16, kiln_backend **out) {
     *out = NULL;
     char name[256];
     int major = 0, minor = 0;
@@ -665,6 +668,7 @@ extern "C" int kiln_backend_cuda_create(int device, kiln_backend **out) {
     be->ops = &kc_ops;
     be->impl = b;
     b->device = device;
+    b->libs.dtype = bf16 ? KC_BF16 : KC_F16;
     snprintf(b->name, sizeof b->name, "%s", name);
     int rc = 0;
     cudaDeviceProp prop;

@@ -19,6 +19,8 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f);
 int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms);
 /* Runs the plan op by op with CUDA events between the steps and prints the time per op kind. */
 int kiln_cuda_profile(kiln_compiled *c, FILE *f);
+/* "fp16" or "bf16": the element type the CUDA backend be computes in (be from kiln_backend_cuda_create*). */
+const char *kiln_cuda_precision(const kiln_backend *be);
 /* Device memory in use on the current device (total - free), bytes; for peak-memory reports. */
 size_t kiln_cuda_mem_used(void);
 /* Records (once) the memory a bare CUDA context uses, before kiln allocates anything; called by

@@ -11,7 +11,7 @@
 // needs them, and a new store may reuse their addresses, so nothing outlives its last user.)
 typedef struct kc_cached_weight {
     const kiln_weight *w;
-    int f32;                // 1: fp32 as stored; 0: fp16, 4-D permuted to NHWC
+    int f32;                // 1: fp32 as stored; 0: 16-bit (libs.dtype), 4-D permuted to NHWC
     uint64_t version;
     int refs;               // compiled plans using it
     void *dev;
@@ -37,7 +37,7 @@ typedef struct kc_backend {
 // ---- compiled plan
 typedef struct kc_slotinfo {
     int buf;                // buffer id (after aliasing), -1 for weights
-    void *ptr;              // device data: fp16 (I32 inputs: int32)
+    void *ptr;              // device data: 16-bit of libs.dtype (I32 inputs: int32)
     size_t view_off;        // bytes into its buffer (column range of a horizontally fused GEMM)
     float *f32;             // inputs and outputs: device fp32 staging in the logical layout
     long long ld;           // row stride in elements; 0 = dense
@@ -78,7 +78,7 @@ struct kiln_compiled {
 
 static inline int kc_nhwc(const kiln_slot *s) { return s->ndim == 4; }
 
-// Device pointer of a slot read as fp16 data (weights come from the cache, uploaded on first use),
+// Device pointer of a slot read as 16-bit data (weights come from the cache, uploaded on first use),
 // and of a weight read as fp32 (norm parameters). cuda_backend.cu.
 int kc_half_ptr(kiln_compiled *c, int id, const kc_half **out);
 int kc_f32_ptr(kiln_compiled *c, int id, const float **out);

@@ -1,4 +1,5 @@
-// cuda_conv.cu — 2-D convolution on NHWC fp16 activations with [O,kh,kw,C] fp16 weights.
+// cuda_conv.cu — 2-D convolution on NHWC 16-bit activations with [O,kh,kw,C] 16-bit weights (fp16,
+// or bf16 when the backend's dtype is: cuBLASLt and cuDNN are told so; im2col only moves bits).
 //
 // Up to five methods, the fastest chosen by timing at compile time:
 //  - GEMM: a 1x1 stride-1 convolution is a matrix product over pixels, bias and residual fused;
@@ -57,12 +58,13 @@ __global__ void kc_im2col_kernel(const kc_half *x, kc_half *col, int C, int H, i
 }
 
 // y[p, o] += bias[o] + res[p, o] (after a cuDNN convolution without fused epilogue)
-__global__ void kc_bias_residual_kernel(kc_half *y, const kc_half *bias, const kc_half *res, int O, size_t n) {
+template <typename T>
+__global__ void kc_bias_residual_kernel(T *y, const T *bias, const T *res, int O, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float v = __half2float(y[i]);
-        if (bias) v += __half2float(bias[i % O]);
-        if (res) v += __half2float(res[i]);
-        y[i] = __float2half(v);
+        float v = kc_to_f(y[i]);
+        if (bias) v += kc_to_f(bias[i % O]);
+        if (res) v += kc_to_f(res[i]);
+        y[i] = kc_from_f<T>(v);
     }
 }
 
@@ -100,8 +102,10 @@ static int kc_cudnn_launch(kc_libs *libs, const kc_conv *cv, const kc_cudnn_stat
     if (bias || res) {
         size_t n = (size_t)cv->N * cv->Ho * cv->Wo * cv->O;
         size_t blocks = (n + 255) / 256;
-        kc_bias_residual_kernel<<<(unsigned)(blocks > 65536 ? 65536 : blocks), 256, 0, libs->stream>>>(y, bias, res,
-                                                                                                    cv->O, n);
+        unsigned grid = (unsigned)(blocks > 65536 ? 65536 : blocks);
+        KC_DISPATCH_DTYPE(libs->dtype, T,
+                          (kc_bias_residual_kernel<T><<<grid, 256, 0, libs->stream>>>((T *)y, (const T *)bias,
+                                                                                     (const T *)res, cv->O, n)));
         KC_LAUNCHED("bias_residual");
     }
     return 0;
@@ -143,10 +147,14 @@ static int kc_cudnn_try(kc_libs *libs, const kc_conv *cv, const kc_half *x, cons
     KC_DNN_OR_SKIP(cudnnCreateFilterDescriptor(&d->w));
     KC_DNN_OR_SKIP(cudnnCreateConvolutionDescriptor(&d->conv));
     KC_DNN_OR_SKIP(cudnnCreateActivationDescriptor(&d->act));
-    KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, cv->N, cv->C, cv->H, cv->W));
-    KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, cv->N, cv->O, cv->Ho, cv->Wo));
-    KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->b, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, cv->O, 1, 1));
-    KC_DNN_OR_SKIP(cudnnSetFilter4dDescriptor(d->w, CUDNN_DATA_HALF, CUDNN_TENSOR_NHWC, cv->O, cv->C, cv->kh, cv->kw));
+    {
+        // data, filter and bias in the backend's 16-bit type; the convolution computes in fp32 either way
+        cudnnDataType_t ty = libs->dtype == KC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
+        KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->x, CUDNN_TENSOR_NHWC, ty, cv->N, cv->C, cv->H, cv->W));
+        KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->y, CUDNN_TENSOR_NHWC, ty, cv->N, cv->O, cv->Ho, cv->Wo));
+        KC_DNN_OR_SKIP(cudnnSetTensor4dDescriptor(d->b, CUDNN_TENSOR_NHWC, ty, 1, cv->O, 1, 1));
+        KC_DNN_OR_SKIP(cudnnSetFilter4dDescriptor(d->w, ty, CUDNN_TENSOR_NHWC, cv->O, cv->C, cv->kh, cv->kw));
+    }
     KC_DNN_OR_SKIP(cudnnSetConvolution2dDescriptor(d->conv, cv->pad, cv->pad, cv->stride, cv->stride, 1, 1,
                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     KC_DNN_OR_SKIP(cudnnSetConvolutionMathType(d->conv, CUDNN_TENSOR_OP_MATH));
@@ -216,7 +224,7 @@ static int kc_conv_launch(kc_libs *libs, const kc_conv *cv, const kc_half *x, co
         size_t col_bytes = (kc_im2col_bytes(cv->N, cv->C, cv->kh, cv->kw, cv->Ho, cv->Wo) + 255) & ~(size_t)255;
         return kc_gemm_run(libs, &cv->gemm, (kc_half *)scratch, w, bias, res, y, (char *)scratch + col_bytes);
     }
-    case KC_CONV_IGEMM: return kc_igemm_launch(libs->stream, cv->igemm_cfg, cv, x, w, bias, res, y);
+    case KC_CONV_IGEMM: return kc_igemm_launch(libs->stream, libs->dtype, cv->igemm_cfg, cv, x, w, bias, res, y);
     case KC_CONV_CUDNN_GRAPH:
         return kc_cudnn_graph_launch(libs, cv, cv->cudnn_graph_state, x, w, bias, res, y, scratch);
 #ifdef KILN_HAVE_CUDNN

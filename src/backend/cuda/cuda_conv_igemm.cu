@@ -1,5 +1,6 @@
-// cuda_conv_igemm.cu — implicit-GEMM convolution: NHWC fp16 input, [O,kh,kw,C] fp16 weights,
-// y = conv(x) + bias (+ residual), with no im2col buffer.
+// cuda_conv_igemm.cu — implicit-GEMM convolution: NHWC 16-bit input, [O,kh,kw,C] 16-bit weights,
+// y = conv(x) + bias (+ residual), with no im2col buffer. fp16 or bf16: the kernel is a template on
+// the element type T, which only the tensor-core op and the epilogue see (the copies move bytes).
 //
 // The convolution is the product Y[P, O] = A[P, K] W[O, K]^T over pixels P = N*Ho*Wo and
 // K = kh*kw*C, where A's row p is the patch under output pixel p (k = (r*kw + s)*C + c, the
@@ -29,8 +30,9 @@ typedef struct kc_ig_params {
 // Block tile BM pixels x BN output channels; warps tile it WM x WN each; K advances BK (32 or
 // 64) per stage. Shared rows are BK + 8 halves (80 or 144 bytes): the 8 rows one ldmatrix phase
 // reads then start in 8 different 4-bank groups, so the reads are free of bank conflicts.
-template <int BM, int BN, int WM, int WN, int BK, int STAGES, int MINB>
+template <typename T, int BM, int BN, int WM, int WN, int BK, int STAGES, int MINB>
 __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_kernel(kc_ig_params p) {
+    typedef typename kc_pair_of<T>::type T2;
     constexpr int WARPS_N = BN / WN;
     constexpr int THREADS = (BM / WM) * (BN / WN) * 32;
     constexpr int MT = WM / 16, NT = WN / 8;
@@ -138,7 +140,7 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_ker
 #pragma unroll
             for (int i = 0; i < MT; i++)
 #pragma unroll
-                for (int j = 0; j < NT; j++) kc_mma16816(acc[i][j], af[i], bf[j][0], bf[j][1]);
+                for (int j = 0; j < NT; j++) kc_mma16816_t<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
         }
     }
     kc_cp_wait<0>();
@@ -151,7 +153,7 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_ker
         if (o >= p.O) continue;  // O % 8 == 0: an 8-column tile is all in or all out
         float b0 = 0.0f, b1 = 0.0f;
         if (p.bias) {
-            __half2 bb = *(const __half2 *)(p.bias + o);
+            T2 bb = *(const T2 *)(p.bias + o);  // __low2float/__high2float have both pair overloads
             b0 = __low2float(bb), b1 = __high2float(bb);
         }
 #pragma unroll
@@ -163,10 +165,10 @@ __global__ void __launch_bounds__((BM / WM) * (BN / WN) * 32, MINB) kc_igemm_ker
                 size_t idx = (size_t)m * p.O + o;
                 float v0 = acc[i][j][2 * h] + b0, v1 = acc[i][j][2 * h + 1] + b1;
                 if (p.res) {
-                    __half2 rr = *(const __half2 *)(p.res + idx);
+                    T2 rr = *(const T2 *)(p.res + idx);
                     v0 += __low2float(rr), v1 += __high2float(rr);
                 }
-                *(__half2 *)(p.y + idx) = __floats2half2_rn(v0, v1);
+                *(T2 *)(p.y + idx) = kc_from_f2<T>(v0, v1);
             }
     }
 }
@@ -180,33 +182,36 @@ typedef struct kc_ig_config {
     void (*launch)(dim3 grid, int threads, size_t smem, cudaStream_t s, const kc_ig_params &p);
 } kc_ig_config;
 
-template <int BM, int BN, int WM, int WN, int BK, int STAGES, int MINB>
+template <typename T, int BM, int BN, int WM, int WN, int BK, int STAGES, int MINB>
 static void kc_ig_launch_shape(dim3 grid, int threads, size_t smem, cudaStream_t s, const kc_ig_params &p) {
-    kc_igemm_kernel<BM, BN, WM, WN, BK, STAGES, MINB><<<grid, threads, smem, s>>>(p);
+    kc_igemm_kernel<T, BM, BN, WM, WN, BK, STAGES, MINB><<<grid, threads, smem, s>>>(p);
 }
 
-#define KC_IG_CONFIG(BM, BN, WM, WN, BK, STAGES, MINB)                                                    \
+#define KC_IG_CONFIG(T, BM, BN, WM, WN, BK, STAGES, MINB)                                                 \
     {#BM "x" #BN "x" #BK "/" #STAGES, BM, BN, (BM / WM) * (BN / WN) * 32,                                  \
      (size_t)(STAGES) * ((BM) + (BN)) * ((BK) + 8) * sizeof(kc_half),                                      \
-     (const void *)kc_igemm_kernel<BM, BN, WM, WN, BK, STAGES, MINB>,                                      \
-     kc_ig_launch_shape<BM, BN, WM, WN, BK, STAGES, MINB>}
+     (const void *)kc_igemm_kernel<T, BM, BN, WM, WN, BK, STAGES, MINB>,                                   \
+     kc_ig_launch_shape<T, BM, BN, WM, WN, BK, STAGES, MINB>}
 
-// name: BMxBNxBK/stages. Shared memory per block: 40-111 KiB; MINB blocks fit per SM.
-static const kc_ig_config kc_ig_configs[] = {
-    KC_IG_CONFIG(128, 128, 64, 32, 32, 4, 2),  // 8 warps: large maps
-    KC_IG_CONFIG(128, 64, 64, 32, 32, 4, 3),   // 4 warps: O = 320 splits into 5 column tiles
-    KC_IG_CONFIG(64, 128, 32, 64, 32, 4, 3),   // 4 warps: few pixels, many channels
-    KC_IG_CONFIG(64, 64, 32, 32, 32, 4, 4),    // 4 warps: small maps (more blocks)
-    KC_IG_CONFIG(128, 128, 64, 32, 64, 3, 2),  // the same with 64-wide K slices: half the barriers
-    KC_IG_CONFIG(128, 64, 64, 32, 64, 3, 2),
-    KC_IG_CONFIG(64, 64, 32, 32, 64, 4, 3),
-};
-enum { KC_IG_NCONFIGS = sizeof kc_ig_configs / sizeof kc_ig_configs[0] };
+// name: BMxBNxBK/stages. Shared memory per block: 40-111 KiB; MINB blocks fit per SM. The same
+// shapes for both element types (row [kc_dtype]).
+#define KC_IG_CONFIGS(T)                                                                                  \
+    {                                                                                                     \
+        KC_IG_CONFIG(T, 128, 128, 64, 32, 32, 4, 2),  /* 8 warps: large maps */                           \
+        KC_IG_CONFIG(T, 128, 64, 64, 32, 32, 4, 3),   /* 4 warps: O = 320 splits into 5 column tiles */   \
+        KC_IG_CONFIG(T, 64, 128, 32, 64, 32, 4, 3),   /* 4 warps: few pixels, many channels */            \
+        KC_IG_CONFIG(T, 64, 64, 32, 32, 32, 4, 4),    /* 4 warps: small maps (more blocks) */             \
+        KC_IG_CONFIG(T, 128, 128, 64, 32, 64, 3, 2),  /* the same with 64-wide K slices: half the barriers */ \
+        KC_IG_CONFIG(T, 128, 64, 64, 32, 64, 3, 2),                                                        \
+        KC_IG_CONFIG(T, 64, 64, 32, 32, 64, 4, 3),                                                         \
+    }
+enum { KC_IG_NCONFIGS = 7 };
+static const kc_ig_config kc_ig_configs[2][KC_IG_NCONFIGS] = {KC_IG_CONFIGS(__half), KC_IG_CONFIGS(__nv_bfloat16)};
 
 int kc_igemm_n_configs(void) { return KC_IG_NCONFIGS; }
 
 const char *kc_igemm_config_name(int cfg) {
-    return cfg >= 0 && cfg < KC_IG_NCONFIGS ? kc_ig_configs[cfg].name : "?";
+    return cfg >= 0 && cfg < KC_IG_NCONFIGS ? kc_ig_configs[0][cfg].name : "?";
 }
 
 int kc_igemm_supported(const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *bias,
@@ -218,15 +223,16 @@ int kc_igemm_supported(const kc_conv *cv, const kc_half *x, const kc_half *w, co
     return K < INT_MAX && M < INT_MAX && (M + 63) / 64 <= 65535;
 }
 
-int kc_igemm_launch(cudaStream_t s, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
+int kc_igemm_launch(cudaStream_t s, kc_dtype dt, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
                     const kc_half *bias, const kc_half *res, kc_half *y) {
     if (cfg < 0 || cfg >= KC_IG_NCONFIGS) return kiln_error(KILN_EBACKEND, "implicit-GEMM conv: bad config %d", cfg);
-    const kc_ig_config *k = &kc_ig_configs[cfg];
+    int ti = dt == KC_BF16 ? 1 : 0;
+    const kc_ig_config *k = &kc_ig_configs[ti][cfg];
     size_t smem = k->smem;
-    static int smem_set[KC_IG_NCONFIGS];  // the attribute is per kernel; set once (above 48 KiB needs it)
-    if (!smem_set[cfg]) {
+    static int smem_set[2][KC_IG_NCONFIGS];  // the attribute is per kernel; set once (above 48 KiB needs it)
+    if (!smem_set[ti][cfg]) {
         KC_CUDA(cudaFuncSetAttribute(k->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set[cfg] = 1;
+        smem_set[ti][cfg] = 1;
     }
     kc_ig_params p;
     p.x = x, p.w = w, p.bias = bias, p.res = res, p.y = y;

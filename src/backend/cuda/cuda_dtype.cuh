@@ -37,6 +37,26 @@ template <typename T> __device__ __forceinline__ uint4 kc_pack8(const float f[8]
     return u;
 }
 
+// Pairs of adjacent elements (4 bytes: __half2 / __nv_bfloat162) <-> two floats; the pair forms
+// keep the fp16 kernels on the same instructions they used before they became templates.
+template <typename T> struct kc_pair_of;
+template <> struct kc_pair_of<__half> { typedef __half2 type; };
+template <> struct kc_pair_of<__nv_bfloat16> { typedef __nv_bfloat162 type; };
+__device__ __forceinline__ float2 kc_to_f2(__half2 v) { return __half22float2(v); }
+__device__ __forceinline__ float2 kc_to_f2(__nv_bfloat162 v) { return __bfloat1622float2(v); }
+template <typename T> __device__ __forceinline__ typename kc_pair_of<T>::type kc_from_f2(float lo, float hi);
+template <> __device__ __forceinline__ __half2 kc_from_f2<__half>(float lo, float hi) {
+    return __floats2half2_rn(lo, hi);
+}
+template <> __device__ __forceinline__ __nv_bfloat162 kc_from_f2<__nv_bfloat16>(float lo, float hi) {
+    return __floats2bfloat162_rn(lo, hi);
+}
+// The same pair as the 32-bit register an mma.sync fragment holds.
+template <typename T> __device__ __forceinline__ uint32_t kc_pack2(float lo, float hi) {
+    typename kc_pair_of<T>::type h = kc_from_f2<T>(lo, hi);
+    return *(uint32_t *)&h;
+}
+
 // Runs `body` with T bound to the element type of dt (host code, around a kernel launch).
 #define KC_DISPATCH_DTYPE(dt, T, body)                                                                \
     do {                                                                                              \

@@ -1,6 +1,7 @@
 // cuda_gemm.cu — matrix products through cuBLASLt: Y = X W^T + bias + residual in one call
-// (bias through the BIAS epilogue, the residual as C with beta = 1), fp16 in and out, fp32
-// accumulation. The algorithm is chosen at compile time by timing cuBLASLt's candidates.
+// (bias through the BIAS epilogue, the residual as C with beta = 1), 16-bit in and out (fp16, or
+// bf16 when the backend's dtype is bf16: A/B/C/D and the bias), fp32 accumulation and scaling. The
+// algorithm is chosen at compile time by timing cuBLASLt's candidates.
 //
 // Row-major Y[M,N] is column-major N x M, so cuBLASLt computes D(N x M) = W^T... as
 // op(A) = W (stored K x N column-major, transposed) times B = X (K x M column-major).
@@ -11,6 +12,9 @@
 #include "backend/cuda/cuda_internal.h"
 
 const size_t kc_gemm_workspace_bytes = 32u << 20;
+
+// cuBLAS's name for the backend's 16-bit element type.
+static cudaDataType_t kc_cuda_type(kc_dtype dt) { return dt == KC_BF16 ? CUDA_R_16BF : CUDA_R_16F; }
 
 static int kc_gemm_set_pointers(const kc_gemm *g, const kc_half *bias) {
     if (g->has_bias)
@@ -47,9 +51,14 @@ int kc_gemm_init(kc_libs *libs, kc_gemm *g, int M, int N, int K, int ldx, int ld
     KC_BLAS(cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     cublasLtEpilogue_t epi = has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     KC_BLAS(cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    KC_BLAS(cublasLtMatrixLayoutCreate(&g->la, CUDA_R_16F, K, N, K));
-    KC_BLAS(cublasLtMatrixLayoutCreate(&g->lb, CUDA_R_16F, K, M, ldx));
-    KC_BLAS(cublasLtMatrixLayoutCreate(&g->lc, CUDA_R_16F, N, M, ldy));
+    cudaDataType_t ty = kc_cuda_type(libs->dtype);
+    if (has_bias && libs->dtype == KC_BF16) {  // the bias is bf16 like D (said explicitly; fp16 keeps the default)
+        cudaDataType_t bt = CUDA_R_16BF;
+        KC_BLAS(cublasLtMatmulDescSetAttribute(g->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
+    KC_BLAS(cublasLtMatrixLayoutCreate(&g->la, ty, K, N, K));
+    KC_BLAS(cublasLtMatrixLayoutCreate(&g->lb, ty, K, M, ldx));
+    KC_BLAS(cublasLtMatrixLayoutCreate(&g->lc, ty, N, M, ldy));
     KILN_TRY(kc_gemm_set_pointers(g, bias));
 
     cublasLtMatmulPreference_t pref;
@@ -123,10 +132,10 @@ int kc_gemm_batched(kc_libs *libs, int m, int n, int k, float alpha, const kc_ha
                     int c_f32, int batch) {
     // Row-major C = A op(B) is column-major C^T = op(B)^T A^T.
     float beta = 0.0f;
+    cudaDataType_t ty = kc_cuda_type(libs->dtype);
     KC_BLAS(cublasSetStream(libs->blas, libs->stream));
     KC_BLAS(cublasGemmStridedBatchedEx(libs->blas, b_transposed ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, n, m, k,
-                                       &alpha, B, CUDA_R_16F, ldb, sb, A, CUDA_R_16F, lda, sa, &beta, C,
-                                       c_f32 ? CUDA_R_32F : CUDA_R_16F, ldc, sc, batch, CUBLAS_COMPUTE_32F,
-                                       CUBLAS_GEMM_DEFAULT));
+                                       &alpha, B, ty, ldb, sb, A, ty, lda, sa, &beta, C, c_f32 ? CUDA_R_32F : ty, ldc,
+                                       sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }

@@ -2,8 +2,10 @@
 // activations, and the launchers of each op family (one .cu file per family).
 //
 // Physical layout on the device: a 4-D slot [N,C,H,W] is stored NHWC; every other slot is
-// stored row-major as the plan describes it. Activations are fp16 (kc_half); norms and the
-// softmax accumulate in fp32, matrix products accumulate in fp32.
+// stored row-major as the plan describes it. Activations and weights are 16-bit elements, typed
+// kc_half in host code; their format is the backend's dtype (libs->dtype: fp16 by default, or
+// bf16), and every launcher whose kernel computes takes it (a kc_dtype, or the kc_libs). Norms and
+// the softmax accumulate in fp32, matrix products accumulate in fp32.
 #ifndef KILN_BACKEND_CUDA_INTERNAL_H
 #define KILN_BACKEND_CUDA_INTERNAL_H
 
@@ -74,12 +76,13 @@ int kc_gemm_run(kc_libs *libs, const kc_gemm *g, const kc_half *X, const kc_half
                 const kc_half *R, kc_half *Y, void *ws);
 void kc_gemm_destroy(kc_gemm *g);
 // Batched strided product for the attention fallback (cuBLAS): per batch i,
-// C_i[m,n] (fp32 or fp16 per c_f32) = alpha * A_i[m,k] * op(B_i), row-major with leading dims.
+// C_i[m,n] (fp32, or 16-bit of libs->dtype, per c_f32) = alpha * A_i[m,k] * op(B_i), row-major with
+// leading dims.
 int kc_gemm_batched(kc_libs *libs, int m, int n, int k, float alpha, const kc_half *A, int lda, long long sa,
                     const kc_half *B, int ldb, long long sb, int b_transposed, void *C, int ldc, long long sc,
                     int c_f32, int batch);
 
-// ---- convolution (cuda_conv.cu): NHWC fp16, weight [O,kh,kw,C]
+// ---- convolution (cuda_conv.cu): NHWC 16-bit (libs->dtype), weight [O,kh,kw,C]
 typedef struct kc_conv {
     int N, C, H, W, O, kh, kw, stride, pad, pad_end, Ho, Wo;  // pad before, pad + pad_end after
     int has_bias, has_residual;
@@ -119,7 +122,7 @@ int kc_igemm_supported(const kc_conv *cv, const kc_half *x, const kc_half *w, co
                        const kc_half *res, const kc_half *y);
 int kc_igemm_n_configs(void);
 const char *kc_igemm_config_name(int cfg);
-int kc_igemm_launch(cudaStream_t s, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
+int kc_igemm_launch(cudaStream_t s, kc_dtype dt, int cfg, const kc_conv *cv, const kc_half *x, const kc_half *w,
                     const kc_half *bias, const kc_half *res, kc_half *y);
 
 // ---- cuDNN 9 backend-API convolution (cuda_conv_cudnn_graph.cu): any kernel size, stride, pre/post
@@ -157,34 +160,36 @@ int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_gn_args *g
 int kc_layer_norm(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, const float *gamma, const float *beta,
                   long long rows, int C, float eps);
 
-// ---- attention (cuda_attention.cu): q/k/v rows of H*D halves with row strides (elements).
+// ---- attention (cuda_attention.cu): q/k/v rows of H*D elements with row strides (elements).
 int kc_attention_flash_supported(int D);
-int kc_attention_flash(cudaStream_t s, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
-                       int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
+int kc_attention_flash(cudaStream_t s, kc_dtype dt, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o,
+                       int B, int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
                        float scale, int causal);
 size_t kc_attention_fallback_scratch(int H, int Lq, int Lk);
 int kc_attention_fallback(kc_libs *libs, const kc_half *q, const kc_half *k, const kc_half *v, kc_half *o, int B,
                           int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
                           float scale, int causal, void *scratch);
 
-// ---- elementwise (cuda_elementwise.cu)
-int kc_fill_random(cudaStream_t s, kc_half *x, size_t n, uint32_t seed, float amplitude);
-// fp32 in the logical layout -> fp16 in the physical layout (NCHW -> NHWC when nhwc), and back.
-int kc_f32_to_half(cudaStream_t s, const float *src, kc_half *dst, int nhwc, int N, int C, int H, int W, size_t n);
-int kc_half_to_f32(cudaStream_t s, const kc_half *src, float *dst, int nhwc, int N, int C, int H, int W, size_t n);
-int kc_activation(cudaStream_t s, const kc_half *x, kc_half *y, size_t n, int act, float scale);
-int kc_geglu(cudaStream_t s, const kc_half *x, kc_half *y, long long rows, int N);
+// ---- elementwise (cuda_elementwise.cu); upsample and channel copies only move 16-bit elements
+int kc_fill_random(cudaStream_t s, kc_dtype dt, kc_half *x, size_t n, uint32_t seed, float amplitude);
+// fp32 in the logical layout -> 16-bit (dt) in the physical layout (NCHW -> NHWC when nhwc), and back.
+int kc_f32_to_half(cudaStream_t s, kc_dtype dt, const float *src, kc_half *dst, int nhwc, int N, int C, int H, int W,
+                   size_t n);
+int kc_half_to_f32(cudaStream_t s, kc_dtype dt, const kc_half *src, float *dst, int nhwc, int N, int C, int H, int W,
+                   size_t n);
+int kc_activation(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, size_t n, int act, float scale);
+int kc_geglu(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, long long rows, int N);
 // out = a + b; b has nb elements; when nb < n, b repeats over a's logical layout (see plan.h), and
 // a_desc/b_desc give the logical shapes (ndim and dims) to map physical NHWC positions.
-int kc_add(cudaStream_t s, const kc_half *a, const kc_half *b, kc_half *y, size_t n, size_t nb, int a_ndim,
-           const int64_t *a_shape, int b_ndim, const int64_t *b_shape);
-int kc_add_channel(cudaStream_t s, const kc_half *x, const kc_half *e, kc_half *y, int N, int C, long long HW,
-                   long long lde);
+int kc_add(cudaStream_t s, kc_dtype dt, const kc_half *a, const kc_half *b, kc_half *y, size_t n, size_t nb,
+           int a_ndim, const int64_t *a_shape, int b_ndim, const int64_t *b_shape);
+int kc_add_channel(cudaStream_t s, kc_dtype dt, const kc_half *x, const kc_half *e, kc_half *y, int N, int C,
+                   long long HW, long long lde);
 int kc_upsample_nearest(cudaStream_t s, const kc_half *x, kc_half *y, int N, int C, int H, int W, int Ho, int Wo,
                         int ldy);
 int kc_copy_channels(cudaStream_t s, const kc_half *x, int ldx, int x_start, kc_half *y, int ldy, int y_start,
                      long long rows, int count);
-int kc_timestep_embed(cudaStream_t s, const void *t, int t_is_f32, int t_is_i32, kc_half *y, int N, int dim,
-                      float max_period);
+int kc_timestep_embed(cudaStream_t s, kc_dtype dt, const void *t, int t_is_f32, int t_is_i32, kc_half *y, int N,
+                      int dim, float max_period);
 
 #endif

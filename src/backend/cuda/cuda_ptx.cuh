@@ -1,10 +1,12 @@
 // cuda_ptx.cuh — the tensor-core building blocks the hand-written kernels share (flash attention, the
 // implicit-GEMM convolution): cp.async copies into shared memory, ldmatrix, and mma.sync m16n8k16 with
-// fp32 accumulation. Device-only, inline.
+// fp32 accumulation (fp16 or bf16 operands). Device-only, inline.
 #ifndef KILN_BACKEND_CUDA_PTX_CUH
 #define KILN_BACKEND_CUDA_PTX_CUH
 
 #include <stdint.h>
+
+#include "backend/cuda/cuda_dtype.cuh"
 
 __device__ __forceinline__ uint32_t kc_smem_addr(const void *p) {
     return (uint32_t)__cvta_generic_to_shared(p);
@@ -34,6 +36,27 @@ __device__ __forceinline__ void kc_mma16816(float d[4], const uint32_t a[4], uin
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The same with bf16 operands (A, B bf16; accumulation fp32).
+__device__ __forceinline__ void kc_mma16816_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Element type T picks the instruction (kernels templated on T).
+template <typename T>
+__device__ __forceinline__ void kc_mma16816_t(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void kc_mma16816_t<__half>(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    kc_mma16816(d, a, b0, b1);
+}
+template <>
+__device__ __forceinline__ void kc_mma16816_t<__nv_bfloat16>(float d[4], const uint32_t a[4], uint32_t b0,
+                                                             uint32_t b1) {
+    kc_mma16816_bf16(d, a, b0, b1);
 }
 
 #endif

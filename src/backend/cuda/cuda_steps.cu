@@ -18,6 +18,7 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
     const kiln_op *op = &p->ops[st->op];
     kc_libs *L = &c->be->libs;
     cudaStream_t s = L->stream;
+    kc_dtype dt = L->dtype;  // format of every 16-bit slot and weight
     const kiln_slot *so = &p->slots[st->out];
     kc_half *y = (kc_half *)c->si[st->out].ptr;
     size_t n = (size_t)kiln_slot_numel(so);
@@ -77,7 +78,7 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long P = kiln_slot_numel(sx) / ((long long)g.N * g.C);
         g.P = (int)P, g.sn = (long long)g.C * P, g.sc = sx->ndim == 4 ? 1 : P, g.sp = sx->ndim == 4 ? g.C : 1;
         g.eps = op->eps, g.silu = op->act == KILN_ACT_SILU;
-        return kc_group_norm(s, L->dtype, L->cc_major, &g, c->scratch);
+        return kc_group_norm(s, dt, L->cc_major, &g, c->scratch);
     }
     case KILN_OP_LAYER_NORM: {
         if (sx->ndim == 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: layer norm on 4-D %s", sx->name);
@@ -85,13 +86,13 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         KILN_TRY(kc_f32_ptr(c, op->in[1], &gamma));
         KILN_TRY(kc_f32_ptr(c, op->in[2], &beta));
         int C = (int)sx->shape[sx->ndim - 1];
-        return kc_layer_norm(s, L->dtype, x, y, gamma, beta, (long long)(n / C), C, op->eps);
+        return kc_layer_norm(s, dt, x, y, gamma, beta, (long long)(n / C), C, op->eps);
     }
-    case KILN_OP_ACTIVATION: return kc_activation(s, x, y, n, (int)op->act, 1.0f);
-    case KILN_OP_SCALE: return kc_activation(s, x, y, n, 0, op->scale);
+    case KILN_OP_ACTIVATION: return kc_activation(s, dt, x, y, n, (int)op->act, 1.0f);
+    case KILN_OP_SCALE: return kc_activation(s, dt, x, y, n, 0, op->scale);
     case KILN_OP_GEGLU: {
         int N = (int)so->shape[so->ndim - 1];
-        return kc_geglu(s, x, y, (long long)(n / N), N);
+        return kc_geglu(s, dt, x, y, (long long)(n / N), N);
     }
     case KILN_OP_ATTENTION: {
         const kiln_slot *sk = &p->slots[op->in[1]];
@@ -106,7 +107,7 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long ldo = c->si[st->out].ld ? c->si[st->out].ld : E;
         float scale = op->scale > 0.0f ? op->scale : 1.0f / sqrtf((float)D);
         if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) {
-            int rc = kc_attention_flash(s, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal);
+            int rc = kc_attention_flash(s, dt, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal);
             if (rc != KILN_EUNSUPPORTED) return rc;
             kiln_error_clear();
         }
@@ -136,7 +137,7 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         const kiln_slot *sb = &p->slots[op->in[1]];
         const kc_half *xb = NULL;
         KILN_TRY(kc_half_ptr(c, op->in[1], &xb));
-        return kc_add(s, x, xb, y, n, (size_t)kiln_slot_numel(sb), sx->ndim, sx->shape, sb->ndim, sb->shape);
+        return kc_add(s, dt, x, xb, y, n, (size_t)kiln_slot_numel(sb), sx->ndim, sx->shape, sb->ndim, sb->shape);
     }
     case KILN_OP_ADD_CHANNEL: {
         const kc_half *e = NULL;
@@ -144,7 +145,7 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         int N = 0, C = 0, H = 0, W = 0;
         KILN_TRY(kc_slot_dims(sx, &N, &C, &H, &W));
         long long lde = c->si[op->in[1]].ld ? c->si[op->in[1]].ld : C;
-        return kc_add_channel(s, x, e, y, N, C, (long long)H * W, lde);
+        return kc_add_channel(s, dt, x, e, y, N, C, (long long)H * W, lde);
     }
     case KILN_OP_TIMESTEP_EMBED: {
         int id = op->in[0];
@@ -156,7 +157,7 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         } else if (sx->kind == KILN_SLOT_WEIGHT) {
             KILN_TRY(kc_half_ptr(c, id, (const kc_half **)&t));
         }
-        return kc_timestep_embed(s, t, t_f32, t_i32, y, (int)so->shape[0], op->dim, op->max_period);
+        return kc_timestep_embed(s, dt, t, t_f32, t_i32, y, (int)so->shape[0], op->dim, op->max_period);
     }
     default:
         return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: op %s (%s) is not supported", kiln_op_name(op->kind),
@@ -168,11 +169,12 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
 int kc_execute(kiln_compiled *c, int tune) {
     const kiln_plan *p = c->plan;
     cudaStream_t s = c->be->libs.stream;
+    kc_dtype dt = c->be->libs.dtype;
     for (int i = 0; i < c->n_in; i++) {
         const kiln_slot *sl = &p->slots[c->in_ids[i]];
         if (sl->dtype != KILN_SLOT_F32) continue;  // int32 inputs are read in place
         int nhwc = kc_nhwc(sl);
-        KILN_TRY(kc_f32_to_half(s, c->si[c->in_ids[i]].f32, (kc_half *)c->si[c->in_ids[i]].ptr, nhwc,
+        KILN_TRY(kc_f32_to_half(s, dt, c->si[c->in_ids[i]].f32, (kc_half *)c->si[c->in_ids[i]].ptr, nhwc,
                                 nhwc ? (int)sl->shape[0] : 1, nhwc ? (int)sl->shape[1] : 1,
                                 nhwc ? (int)sl->shape[2] : 1, nhwc ? (int)sl->shape[3] : 1,
                                 (size_t)kiln_slot_numel(sl)));
@@ -189,7 +191,7 @@ int kc_execute(kiln_compiled *c, int tune) {
     for (int i = 0; i < c->n_out; i++) {
         const kiln_slot *sl = &p->slots[c->out_ids[i]];
         int nhwc = kc_nhwc(sl);
-        KILN_TRY(kc_half_to_f32(s, (const kc_half *)c->si[c->out_ids[i]].ptr, c->si[c->out_ids[i]].f32, nhwc,
+        KILN_TRY(kc_half_to_f32(s, dt, (const kc_half *)c->si[c->out_ids[i]].ptr, c->si[c->out_ids[i]].f32, nhwc,
                                 nhwc ? (int)sl->shape[0] : 1, nhwc ? (int)sl->shape[1] : 1,
                                 nhwc ? (int)sl->shape[2] : 1, nhwc ? (int)sl->shape[3] : 1,
                                 (size_t)kiln_slot_numel(sl)));

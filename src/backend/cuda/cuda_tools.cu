@@ -48,8 +48,13 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
             const kiln_op *op = &c->plan->ops[i];
             wbytes += (double)c->steps[i].n_total * (c->plan->slots[op->in[1]].shape[1] + (c->steps[i].bcat ? 1 : 0)) * 2;
         }
-    fprintf(f, "weights %.1f MiB, arena %.1f MiB + scratch %.1f MiB, graph %s\n", wbytes / 1048576.0,
-            c->arena_bytes / 1048576.0, c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no");
+    fprintf(f, "weights %.1f MiB, arena %.1f MiB + scratch %.1f MiB, graph %s, %s\n", wbytes / 1048576.0,
+            c->arena_bytes / 1048576.0, c->scratch_bytes / 1048576.0, c->exec ? "yes" : "no",
+            kc_dtype_name(c->be->libs.dtype));
+}
+
+const char *kiln_cuda_precision(const kiln_backend *be) {
+    return kc_dtype_name(((const kc_backend *)be->impl)->libs.dtype);
 }
 
 int kiln_cuda_time(kiln_compiled *c, int warmup, int iters, float *median_ms, float *min_ms) {

@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/kiln-gpu-check}
 mkdir -p "$out"
 bin=${KILN_GPU_BIN:-}
+for z in .gpu/*.gz; do [ -f "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done  # packed by gpu-stage.sh
 if [ -z "$bin" ]; then
   if [ -x .gpu/kiln ]; then
     bin=.gpu
@@ -61,6 +62,7 @@ bench() { # name, args...
   "$bin/kiln" bench -m "$model" --backend cuda --peak-tflops 762 "$@" >"$out/bench_$name.log" 2>&1 || status=1
 }
 bench 512 -W 512 -H 512 --batch-size 1 --steps 20 --profile
+bench 512bf16 -W 512 -H 512 --batch-size 1 --steps 20 --precision bf16
 [ -n "${KILN_GPU_QUICK:-}" ] || {
 bench 768 -W 768 -H 768 --batch-size 1 --steps 20
 bench 1024 -W 1024 -H 1024 --batch-size 1 --steps 20
@@ -83,7 +85,7 @@ grep -iE "rel|max|nan|check" "$out/unet_check_256.log" | tail -3
 grep -E "^(GFLOP|op |conv2d|linear|attention|group_norm|layer_norm|geglu|total|graph| +graph)" "$out/bench_512.log"
 echo "== kiln bench (SD 1.5 random weights, CFG 7, 20 steps Euler a) on ${gpu:-?} =="
 printf '%-8s %-12s %-10s %-12s %-34s %-10s\n' config "unet ms" "it/s" "TFLOP/s" "txt2img ms (encode/sample/decode)" "kiln GiB"
-for name in 512 768 1024 512b4; do
+for name in 512 512bf16 768 1024 512b4; do
   f="$out/bench_$name.log"
   [ -f "$f" ] || continue
   ms=$(sed -nE 's/.*, ([0-9.]+) ms GPU replay.*/\1/p' "$f")

@@ -11,8 +11,9 @@ cmake -S . -B build-gpu -DKILN_CUDA=ON -DKILN_STATIC_DEPS=ON -DKILN_SERVER=OFF -
   -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build-gpu -j2 >/dev/null
 mkdir -p .gpu/fixtures/tiny-sd15
+rm -f .gpu/kiln .gpu/test_cuda_* .gpu/cuda_*  # binaries travel gzipped (the carry limit); gpu-check unpacks them
 for b in kiln test_cuda_ops test_cuda_nets test_cuda_pipeline cuda_bench cuda_unet_bench; do
-  cp build-gpu/$b .gpu/ && strip .gpu/$b
+  strip -o .gpu/$b build-gpu/$b && gzip -f .gpu/$b
 done
 for f in model.safetensors manifest.json text_encoder.safetensors unet.safetensors vae.safetensors \
   "$fixtures"/tiny-sd15/txt2img_*.safetensors; do

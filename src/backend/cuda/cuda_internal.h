@@ -133,6 +133,24 @@ int kc_attention_fallback(kc_libs *libs, const kc_half *q, const kc_half *k, con
                           int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
                           float scale, int causal, void *scratch);
 
+// ---- attention through cuDNN's fused flash-attention engines (cuda_attention_cudnn.cu): same
+// operands as above, I/O in dt. Builds the SDPA operation graph, times up to 8 engine configs that
+// finalize with at most kc_attention_cudnn_workspace_bytes of workspace (and scratch_size) and
+// keeps the fastest in *state with its time in *ms. Leaves *state NULL (returns 0) when cuDNN
+// cannot run it (no cuDNN, head dim, alignment, KILN_CUDA_NO_CUDNN_SDPA).
+extern const size_t kc_attention_cudnn_workspace_bytes;
+size_t kc_attention_cudnn_scratch_bound(void);  // scratch to reserve for it (0 when it is off)
+int kc_attention_cudnn_try(kc_libs *libs, kc_dtype dt, const kc_half *q, const kc_half *k, const kc_half *v,
+                           kc_half *o, int B, int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv,
+                           long long ldo, float scale, int causal, void *scratch, size_t scratch_size, void **state,
+                           float *ms);
+int kc_attention_cudnn_run(kc_libs *libs, const void *state, const kc_half *q, const kc_half *k, const kc_half *v,
+                           kc_half *o, void *scratch);
+long long kc_attention_cudnn_engine(const void *state);  // cuDNN's engine index, for descriptions
+void kc_attention_cudnn_free(void *state);
+// Median time (ms) of launch(ctx): 5 measurements of 4 back-to-back calls after one warm-up.
+int kc_time_launches(cudaStream_t s, int (*launch)(void *ctx), void *ctx, float *ms);
+
 // ---- elementwise (cuda_elementwise.cu)
 int kc_fill_random(cudaStream_t s, kc_half *x, size_t n, uint32_t seed, float amplitude);
 // fp32 in the logical layout -> fp16 in the physical layout (NCHW -> NHWC when nhwc), and back.

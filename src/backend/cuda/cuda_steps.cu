@@ -1,5 +1,6 @@
 // cuda_steps.cu — running one compiled step of the CUDA backend: dispatch from a plan op to the
 // launcher of its op family, with the physical layout (NHWC, row strides of column views) applied.
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -9,6 +10,50 @@
 static int kc_slot_dims(const kiln_slot *s, int *N, int *C, int *H, int *W) {
     if (s->ndim != 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: %s is not 4-D", s->name);
     *N = (int)s->shape[0], *C = (int)s->shape[1], *H = (int)s->shape[2], *W = (int)s->shape[3];
+    return 0;
+}
+
+// ---- attention: kiln's own kernels or cuDNN's fused attention, whichever was faster at tune time
+typedef struct kc_attn_call {
+    kc_libs *L;
+    const kc_half *q, *k, *v;
+    kc_half *o;
+    int B, H, Lq, Lk, D;
+    long long ldq, ldk, ldv, ldo;
+    float scale;
+    int causal;
+    void *scratch;
+} kc_attn_call;
+
+// kiln's attention: the flash kernel where it applies, else the cuBLAS fallback.
+static int kc_attention_kiln(void *ctx) {
+    const kc_attn_call *a = (const kc_attn_call *)ctx;
+    if (kc_attention_flash_supported(a->D) && getenv("KILN_CUDA_NO_FLASH") == NULL) {
+        int rc = kc_attention_flash(a->L->stream, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk, a->D, a->ldq,
+                                    a->ldk, a->ldv, a->ldo, a->scale, a->causal);
+        if (rc != KILN_EUNSUPPORTED) return rc;
+        kiln_error_clear();
+    }
+    return kc_attention_fallback(a->L, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk, a->D, a->ldq, a->ldk, a->ldv,
+                                 a->ldo, a->scale, a->causal, a->scratch);
+}
+
+// Times cuDNN's fused attention (when it can run this shape) against kiln's and keeps the faster
+// in st->attn_cudnn. KILN_CUDA_FORCE_CUDNN_SDPA keeps cuDNN's wherever it runs (tests).
+static int kc_attention_tune(kiln_compiled *c, kc_step *st, kc_attn_call *a) {
+    kc_attention_cudnn_free(st->attn_cudnn);
+    st->attn_cudnn = NULL;
+    st->attn_tuned = 1;
+    st->attn_kiln_ms = st->attn_cudnn_ms = FLT_MAX;
+    KILN_TRY(kc_attention_cudnn_try(a->L, a->L->dtype, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk, a->D, a->ldq,
+                                    a->ldk, a->ldv, a->ldo, a->scale, a->causal, c->scratch, c->scratch_bytes,
+                                    &st->attn_cudnn, &st->attn_cudnn_ms));
+    if (!st->attn_cudnn || getenv("KILN_CUDA_FORCE_CUDNN_SDPA")) return 0;
+    KILN_TRY(kc_time_launches(a->L->stream, kc_attention_kiln, a, &st->attn_kiln_ms));
+    if (st->attn_kiln_ms <= st->attn_cudnn_ms) {
+        kc_attention_cudnn_free(st->attn_cudnn);
+        st->attn_cudnn = NULL;
+    }
     return 0;
 }
 
@@ -99,13 +144,10 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long ldv = c->si[op->in[2]].ld ? c->si[op->in[2]].ld : E;
         long long ldo = c->si[st->out].ld ? c->si[st->out].ld : E;
         float scale = op->scale > 0.0f ? op->scale : 1.0f / sqrtf((float)D);
-        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) {
-            int rc = kc_attention_flash(s, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal);
-            if (rc != KILN_EUNSUPPORTED) return rc;
-            kiln_error_clear();
-        }
-        return kc_attention_fallback(L, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal,
-                                     c->scratch);
+        kc_attn_call a = {L, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal, c->scratch};
+        if (tune) KILN_TRY(kc_attention_tune(c, st, &a));
+        if (st->attn_cudnn) return kc_attention_cudnn_run(L, st->attn_cudnn, x, k, v, y, c->scratch);
+        return kc_attention_kiln(&a);
     }
     case KILN_OP_UPSAMPLE_NEAREST: {
         int N = 0, C = 0, H = 0, W = 0;
@@ -207,8 +249,11 @@ size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op) {
     case KILN_OP_ATTENTION: {
         const kiln_slot *sk = &p->slots[op->in[1]];
         int D = (int)(sx->shape[2] / op->heads);
-        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) return 0;
-        return kc_attention_fallback_scratch(op->heads, (int)sx->shape[1], (int)sk->shape[1]);
+        size_t kiln = kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL
+                          ? 0
+                          : kc_attention_fallback_scratch(op->heads, (int)sx->shape[1], (int)sk->shape[1]);
+        size_t dnn = kc_attention_cudnn_scratch_bound();  // cuDNN's workspace (the two never run together)
+        return kiln > dnn ? kiln : dnn;
     }
     default: return 0;
     }

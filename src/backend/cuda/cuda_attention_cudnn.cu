@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/cuda/cuda_internal.h"
 
@@ -82,9 +83,11 @@ typedef struct kc_sdpa {
     int n_desc;
     cudnnBackendDescriptor_t plan;
     size_t workspace;
-    long long engine;       // cuDNN's global engine index (debug output)
+    long long engine;       // cuDNN's global engine index (debug output, descriptions)
+    const char *form;       // which graph form the plan runs: "composite" or "sdpa_fwd"
     int causal;
     float scale, neg_inf;   // by-value operands: cuDNN reads these host copies at each launch
+    int refs;               // steps of one compiled plan sharing it (identical attention shapes)
 } kc_sdpa;
 
 // Building the graph: the first failing call is recorded and every later call does nothing, so
@@ -250,6 +253,37 @@ static cudnnBackendDescriptor_t kc_sdpa_graph(kc_sdpa_build *b, cudnnHandle_t h,
     return b->status == CUDNN_STATUS_SUCCESS ? graph : NULL;
 }
 
+// The same attention as one SDPA_FWD operation (cuDNN 9.13.1+): Q, K and V all [B, H, L, D] (K
+// not transposed), the scale by value; no mask (masks as a subgraph need cuDNN 9.21).
+static cudnnBackendDescriptor_t kc_sdpa_graph_unified(kc_sdpa_build *b, cudnnHandle_t h, cudnnDataType_t io, int B,
+                                                      int H, int Lq, int Lk, int D, long long ldq, long long ldk,
+                                                      long long ldv, long long ldo) {
+    const cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+    const int64_t qd[4] = {B, H, Lq, D}, qs[4] = {(int64_t)Lq * ldq, D, ldq, 1};
+    const int64_t kd[4] = {B, H, Lk, D}, ks[4] = {(int64_t)Lk * ldk, D, ldk, 1};
+    const int64_t vd[4] = {B, H, Lk, D}, vs[4] = {(int64_t)Lk * ldv, D, ldv, 1};
+    const int64_t od[4] = {B, H, Lq, D}, os[4] = {(int64_t)Lq * ldo, D, ldo, 1};
+    const int64_t one[4] = {1, 1, 1, 1};
+    cudnnBackendDescriptor_t q = kc_sb_tensor(b, KC_UID_Q, io, qd, qs, false, false);
+    cudnnBackendDescriptor_t k = kc_sb_tensor(b, KC_UID_K, io, kd, ks, false, false);
+    cudnnBackendDescriptor_t v = kc_sb_tensor(b, KC_UID_V, io, vd, vs, false, false);
+    cudnnBackendDescriptor_t o = kc_sb_tensor(b, KC_UID_O, io, od, os, false, false);
+    cudnnBackendDescriptor_t scale = kc_sb_tensor(b, KC_UID_SCALE, f32, one, one, false, true);
+    cudnnBackendDescriptor_t op = kc_sb_new(b, CUDNN_BACKEND_OPERATION_SDPA_FWD_DESCRIPTOR, "sdpa_fwd operation");
+    kc_sb_set(b, op, CUDNN_ATTR_OPERATION_SDPA_FWD_QDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &q, "sdpa_fwd q");
+    kc_sb_set(b, op, CUDNN_ATTR_OPERATION_SDPA_FWD_KDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &k, "sdpa_fwd k");
+    kc_sb_set(b, op, CUDNN_ATTR_OPERATION_SDPA_FWD_VDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &v, "sdpa_fwd v");
+    kc_sb_set(b, op, CUDNN_ATTR_OPERATION_SDPA_FWD_ODESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &o, "sdpa_fwd o");
+    kc_sb_set(b, op, CUDNN_ATTR_OPERATION_SDPA_FWD_SCALEDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &scale,
+              "sdpa_fwd scale");
+    kc_sb_finalize(b, op, "sdpa_fwd finalize");
+    cudnnBackendDescriptor_t graph = kc_sb_new(b, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "operation graph");
+    kc_sb_set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op, "graph ops");
+    kc_sb_set(b, graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &h, "graph handle");
+    kc_sb_finalize(b, graph, "operation graph finalize");
+    return b->status == CUDNN_STATUS_SUCCESS ? graph : NULL;
+}
+
 // One execution: a variant pack binding this call's pointers, made and destroyed around the
 // launch (the pointers move when the backend's work buffer does). *failed names a failing call.
 static cudnnStatus_t kc_sdpa_execute(cudnnHandle_t h, const kc_sdpa *st, cudnnBackendDescriptor_t plan,
@@ -323,6 +357,12 @@ static int kc_sdpa_launch_timed(void *ctx) {
     return 0;
 }
 
+static double kc_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 static void kc_sdpa_debug_refusal(int debug, const char *what, const char *call, cudnnStatus_t s) {
     if (!debug) return;
     char detail[512];
@@ -330,6 +370,119 @@ static void kc_sdpa_debug_refusal(int debug, const char *what, const char *call,
     cudnnGetLastErrorString(detail, sizeof detail);
     fprintf(stderr, "kiln sdpa:   %s: %s: %s%s%s\n", what, call ? call : "?", cudnnGetErrorString(s),
             detail[0] ? " - " : "", detail);
+}
+
+// The search over engine configurations, shared by both graph forms: the fastest plan so far
+// lives in st->plan (its time in best).
+typedef struct kc_sdpa_search {
+    cudnnHandle_t h;
+    cudaStream_t stream;
+    kc_sdpa *st;
+    const kc_half *q, *k, *v;
+    kc_half *o;
+    void *scratch;
+    size_t limit;           // workspace an engine may use
+    int debug;
+    float best;
+} kc_sdpa_search;
+
+// Asks the heuristics (mode A) for the graph's engine configs and times up to KC_SDPA_MAX_CFG of
+// them that finalize. A graph or engine cuDNN refuses is skipped, not an error.
+static int kc_sdpa_search_graph(kc_sdpa_search *se, kc_sdpa_build *b, cudnnBackendDescriptor_t graph,
+                                const char *form) {
+    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    cudnnBackendDescriptor_t heur = kc_sb_new(b, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics descriptor");
+    kc_sb_set(b, heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph,
+              "heuristics graph");
+    kc_sb_set(b, heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heuristics mode");
+    kc_sb_finalize(b, heur, "heuristics finalize");
+    int64_t n_cfg = 0;
+    if (b->status == CUDNN_STATUS_SUCCESS)
+        kc_sb_check(b,
+                    cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                                             &n_cfg, NULL),
+                    "heuristics result count");
+    cudnnBackendDescriptor_t cfg[KC_SDPA_MAX_CFG];
+    int64_t want = n_cfg < KC_SDPA_MAX_CFG ? n_cfg : KC_SDPA_MAX_CFG, got = 0;
+    for (int64_t i = 0; i < want; i++) cfg[i] = kc_sb_new(b, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
+    if (b->status == CUDNN_STATUS_SUCCESS && want > 0)
+        kc_sb_check(b,
+                    cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, want,
+                                             &got, cfg),
+                    "heuristics results");
+    if (b->status != CUDNN_STATUS_SUCCESS) {
+        char what[64];
+        snprintf(what, sizeof what, "%s graph refused", form);
+        kc_sdpa_debug_refusal(se->debug, what, b->failed, b->status);
+        return 0;
+    }
+    if (got > want) got = want;
+    if (se->debug)
+        fprintf(stderr, "kiln sdpa:   %s graph: %lld engine configs, trying %lld\n", form, (long long)n_cfg,
+                (long long)got);
+
+    for (int64_t i = 0; i < got; i++) {
+        long long engine = kc_sdpa_engine_index(cfg[i]);
+        cudnnBackendDescriptor_t plan = NULL;
+        cudnnStatus_t s = cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
+        const char *call = "create execution plan";
+        if (s == CUDNN_STATUS_SUCCESS) {
+            s = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &se->h);
+            call = "plan handle";
+        }
+        if (s == CUDNN_STATUS_SUCCESS) {
+            s = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                         1, &cfg[i]);
+            call = "plan engine config";
+        }
+        double t0 = kc_now_ms();
+        if (s == CUDNN_STATUS_SUCCESS) {
+            s = cudnnBackendFinalize(plan);  // may compile kernels (runtime fusion engines)
+            call = "plan finalize";
+        }
+        double finalize_ms = kc_now_ms() - t0;
+        int64_t ws = 0, n_ws = 0;
+        if (s == CUDNN_STATUS_SUCCESS) {
+            s = cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n_ws,
+                                         &ws);
+            call = "plan workspace size";
+        }
+        if (s != CUDNN_STATUS_SUCCESS) {
+            char what[80];
+            snprintf(what, sizeof what, "%s engine %lld refused", form, engine);
+            kc_sdpa_debug_refusal(se->debug, what, call, s);
+            if (plan) cudnnBackendDestroyDescriptor(plan);
+            continue;
+        }
+        if (ws < 0 || (size_t)ws > se->limit) {
+            if (se->debug)
+                fprintf(stderr, "kiln sdpa:   %s engine %lld: workspace %lld bytes > limit %zu\n", form, engine,
+                        (long long)ws, se->limit);
+            cudnnBackendDestroyDescriptor(plan);
+            continue;
+        }
+        kc_sdpa_timed tm = {se->h, se->st, plan, se->q, se->k, se->v, se->o, se->scratch};
+        float t = FLT_MAX;
+        if (kc_time_launches(se->stream, kc_sdpa_launch_timed, &tm, &t) != 0) {
+            if (se->debug)
+                fprintf(stderr, "kiln sdpa:   %s engine %lld: does not run: %s\n", form, engine, kiln_last_error());
+            kiln_error_clear();
+            cudaGetLastError();
+            cudnnBackendDestroyDescriptor(plan);
+            continue;
+        }
+        if (se->debug)
+            fprintf(stderr, "kiln sdpa:   %s engine %lld: workspace %lld bytes, %.4f ms (plan finalize %.0f ms)\n",
+                    form, engine, (long long)ws, t, finalize_ms);
+        if (t < se->best) {
+            if (se->st->plan) cudnnBackendDestroyDescriptor(se->st->plan);
+            se->st->plan = plan, se->st->workspace = (size_t)ws, se->st->engine = engine, se->st->form = form;
+            se->best = t;
+        } else {
+            cudnnBackendDestroyDescriptor(plan);
+        }
+    }
+    return 0;
 }
 #endif  // KILN_HAVE_CUDNN
 
@@ -357,9 +510,9 @@ int kc_attention_cudnn_try(kc_libs *libs, kc_dtype dt, const kc_half *q, const k
     const char *dbg = getenv("KILN_CUDA_DEBUG_SDPA");
     int debug = dbg && atoi(dbg) != 0;
     if (debug)
-        fprintf(stderr, "kiln sdpa: B %d H %d Lq %d Lk %d D %d ld %lld/%lld/%lld/%lld%s %s\n", B, H, Lq, Lk, D, ldq,
-                ldk, ldv, ldo, causal ? " causal" : "", kc_dtype_name(dt));
-    // The graph declares 16-byte aligned tensors: every head of every row must start on 16 bytes.
+        fprintf(stderr, "kiln sdpa: B %d H %d Lq %d Lk %d D %d ld %lld/%lld/%lld/%lld%s %s (cuDNN %zu)\n", B, H, Lq, Lk,
+                D, ldq, ldk, ldv, ldo, causal ? " causal" : "", kc_dtype_name(dt), cudnnGetVersion());
+    // The graphs declare 16-byte aligned tensors: every head of every row must start on 16 bytes.
     if (D % 8 || ldq % 8 || ldk % 8 || ldv % 8 || ldo % 8 || (uintptr_t)q % 16 || (uintptr_t)k % 16 ||
         (uintptr_t)v % 16 || (uintptr_t)o % 16) {
         if (debug) fprintf(stderr, "kiln sdpa:   unsupported: rows or heads not 16-byte aligned\n");
@@ -369,110 +522,40 @@ int kc_attention_cudnn_try(kc_libs *libs, kc_dtype dt, const kc_half *q, const k
     if (cudnnSetStream(h, libs->stream) != CUDNN_STATUS_SUCCESS) return 0;
     kc_sdpa *st = (kc_sdpa *)calloc(1, sizeof *st);
     if (!st) return kiln_error(KILN_ENOMEM, "cuDNN SDPA: out of memory");
+    st->refs = 1;
     st->causal = causal;
     st->scale = scale;
     st->neg_inf = -INFINITY;
     st->engine = -1;
-    kc_sdpa_build b = {st, CUDNN_STATUS_SUCCESS, NULL, KC_UID_VIRTUAL};
     cudnnDataType_t io = dt == KC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
-    cudnnBackendDescriptor_t graph = kc_sdpa_graph(&b, h, io, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, causal);
-
-    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
-    cudnnBackendDescriptor_t heur = kc_sb_new(&b, CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "heuristics descriptor");
-    kc_sb_set(&b, heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph,
-              "heuristics graph");
-    kc_sb_set(&b, heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heuristics mode");
-    kc_sb_finalize(&b, heur, "heuristics finalize");
-    int64_t n_cfg = 0;
-    if (b.status == CUDNN_STATUS_SUCCESS)
-        kc_sb_check(&b,
-                    cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
-                                             &n_cfg, NULL),
-                    "heuristics result count");
-    cudnnBackendDescriptor_t cfg[KC_SDPA_MAX_CFG];
-    int64_t want = n_cfg < KC_SDPA_MAX_CFG ? n_cfg : KC_SDPA_MAX_CFG, got = 0;
-    for (int64_t i = 0; i < want; i++) cfg[i] = kc_sb_new(&b, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
-    if (b.status == CUDNN_STATUS_SUCCESS && want > 0)
-        kc_sb_check(&b,
-                    cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, want,
-                                             &got, cfg),
-                    "heuristics results");
-    if (b.status != CUDNN_STATUS_SUCCESS) {
-        kc_sdpa_debug_refusal(debug, "unsupported", b.failed, b.status);
+    kc_sdpa_search se;
+    memset(&se, 0, sizeof se);
+    se.h = h, se.stream = libs->stream, se.st = st;
+    se.q = q, se.k = k, se.v = v, se.o = o, se.scratch = scratch;
+    se.limit = scratch_size < kc_attention_cudnn_workspace_bytes ? scratch_size : kc_attention_cudnn_workspace_bytes;
+    se.debug = debug;
+    se.best = FLT_MAX;
+    int rc = 0;
+    // The operation graph of matmuls, pointwise ops and reductions (cuDNN's runtime fusion engines).
+    {
+        kc_sdpa_build b = {st, CUDNN_STATUS_SUCCESS, NULL, KC_UID_VIRTUAL};
+        cudnnBackendDescriptor_t graph = kc_sdpa_graph(&b, h, io, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, causal);
+        rc = kc_sdpa_search_graph(&se, &b, graph, "composite");
+    }
+    // The one-operation SDPA_FWD graph (cuDNN 9.13.1 and later; masks need 9.21, so not causal).
+    if (rc == 0 && !causal && cudnnGetVersion() >= 91301) {
+        kc_sdpa_build b = {st, CUDNN_STATUS_SUCCESS, NULL, KC_UID_VIRTUAL};
+        cudnnBackendDescriptor_t graph = kc_sdpa_graph_unified(&b, h, io, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo);
+        rc = kc_sdpa_search_graph(&se, &b, graph, "sdpa_fwd");
+    }
+    if (rc || !st->plan) {
+        if (debug && rc == 0) fprintf(stderr, "kiln sdpa:   unsupported: no engine config runs\n");
         kc_sdpa_destroy(st);
-        return 0;
+        return rc;
     }
-    if (got > want) got = want;
-    if (debug) fprintf(stderr, "kiln sdpa:   heuristics: %lld engine configs, trying %lld\n", (long long)n_cfg,
-                       (long long)got);
-
-    size_t limit = scratch_size < kc_attention_cudnn_workspace_bytes ? scratch_size : kc_attention_cudnn_workspace_bytes;
-    float best = FLT_MAX;
-    for (int64_t i = 0; i < got; i++) {
-        long long engine = kc_sdpa_engine_index(cfg[i]);
-        cudnnBackendDescriptor_t plan = NULL;
-        cudnnStatus_t s = cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
-        const char *call = "create execution plan";
-        if (s == CUDNN_STATUS_SUCCESS) {
-            s = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &h);
-            call = "plan handle";
-        }
-        if (s == CUDNN_STATUS_SUCCESS) {
-            s = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                         1, &cfg[i]);
-            call = "plan engine config";
-        }
-        if (s == CUDNN_STATUS_SUCCESS) {
-            s = cudnnBackendFinalize(plan);
-            call = "plan finalize";
-        }
-        int64_t ws = 0, n_ws = 0;
-        if (s == CUDNN_STATUS_SUCCESS) {
-            s = cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n_ws,
-                                         &ws);
-            call = "plan workspace size";
-        }
-        if (s != CUDNN_STATUS_SUCCESS) {
-            char what[64];
-            snprintf(what, sizeof what, "engine %lld refused", engine);
-            kc_sdpa_debug_refusal(debug, what, call, s);
-            if (plan) cudnnBackendDestroyDescriptor(plan);
-            continue;
-        }
-        if (ws < 0 || (size_t)ws > limit) {
-            if (debug)
-                fprintf(stderr, "kiln sdpa:   engine %lld: workspace %lld bytes > limit %zu\n", engine, (long long)ws,
-                        limit);
-            cudnnBackendDestroyDescriptor(plan);
-            continue;
-        }
-        kc_sdpa_timed tm = {h, st, plan, q, k, v, o, scratch};
-        float t = FLT_MAX;
-        if (kc_time_launches(libs->stream, kc_sdpa_launch_timed, &tm, &t) != 0) {
-            if (debug) fprintf(stderr, "kiln sdpa:   engine %lld: does not run: %s\n", engine, kiln_last_error());
-            kiln_error_clear();
-            cudaGetLastError();
-            cudnnBackendDestroyDescriptor(plan);
-            continue;
-        }
-        if (debug)
-            fprintf(stderr, "kiln sdpa:   engine %lld: workspace %lld bytes, %.4f ms\n", engine, (long long)ws, t);
-        if (t < best) {
-            if (st->plan) cudnnBackendDestroyDescriptor(st->plan);
-            st->plan = plan, st->workspace = (size_t)ws, st->engine = engine;
-            best = t;
-        } else {
-            cudnnBackendDestroyDescriptor(plan);
-        }
-    }
-    if (!st->plan) {
-        if (debug) fprintf(stderr, "kiln sdpa:   unsupported: no engine config runs\n");
-        kc_sdpa_destroy(st);
-        return 0;
-    }
-    if (debug) fprintf(stderr, "kiln sdpa:   best engine %lld: %.4f ms\n", st->engine, best);
+    if (debug) fprintf(stderr, "kiln sdpa:   chosen: %s engine %lld, %.4f ms\n", st->form, st->engine, se.best);
     *state = st;
-    *ms = best;
+    *ms = se.best;
     return 0;
 #endif
 }
@@ -500,18 +583,30 @@ int kc_attention_cudnn_run(kc_libs *libs, const void *state, const kc_half *q, c
 #endif
 }
 
-long long kc_attention_cudnn_engine(const void *state) {
+void kc_attention_cudnn_describe(const void *state, char *buf, size_t size) {
 #ifdef KILN_HAVE_CUDNN
-    return state ? ((const kc_sdpa *)state)->engine : -1;
+    const kc_sdpa *st = (const kc_sdpa *)state;
+    if (st) {
+        snprintf(buf, size, "%s engine %lld", st->form ? st->form : "?", st->engine);
+        return;
+    }
 #else
     (void)state;
-    return -1;
 #endif
+    snprintf(buf, size, "none");
+}
+
+void *kc_attention_cudnn_share(void *state) {
+#ifdef KILN_HAVE_CUDNN
+    if (state) ((kc_sdpa *)state)->refs++;
+#endif
+    return state;
 }
 
 void kc_attention_cudnn_free(void *state) {
 #ifdef KILN_HAVE_CUDNN
-    kc_sdpa_destroy((kc_sdpa *)state);
+    kc_sdpa *st = (kc_sdpa *)state;
+    if (st && --st->refs == 0) kc_sdpa_destroy(st);
 #else
     (void)state;
 #endif

@@ -146,7 +146,9 @@ int kc_attention_cudnn_try(kc_libs *libs, kc_dtype dt, const kc_half *q, const k
                            float *ms);
 int kc_attention_cudnn_run(kc_libs *libs, const void *state, const kc_half *q, const kc_half *k, const kc_half *v,
                            kc_half *o, void *scratch);
-long long kc_attention_cudnn_engine(const void *state);  // cuDNN's engine index, for descriptions
+void kc_attention_cudnn_describe(const void *state, char *buf, size_t size);  // graph form and engine
+// Another user of the same state (a step with identical operands' shapes); each user frees it once.
+void *kc_attention_cudnn_share(void *state);
 void kc_attention_cudnn_free(void *state);
 // Median time (ms) of launch(ctx): 5 measurements of 4 back-to-back calls after one warm-up.
 int kc_time_launches(cudaStream_t s, int (*launch)(void *ctx), void *ctx, float *ms);

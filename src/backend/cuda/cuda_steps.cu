@@ -3,6 +3,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend/cuda/cuda_compiled.h"
 
@@ -38,13 +39,40 @@ static int kc_attention_kiln(void *ctx) {
                                  a->ldo, a->scale, a->causal, a->scratch);
 }
 
+// What decides an attention step's tactic: operand shapes, row strides, heads, mask, scale.
+static void kc_attention_key(const kiln_compiled *c, const kc_step *st, long long key[11]) {
+    const kiln_plan *p = c->plan;
+    const kiln_op *op = &p->ops[st->op];
+    const kiln_slot *sx = &p->slots[op->in[0]], *sk = &p->slots[op->in[1]];
+    long long E = sx->shape[2];
+    int ids[4] = {op->in[0], op->in[1], op->in[2], st->out};
+    key[0] = sx->shape[0], key[1] = sx->shape[1], key[2] = E, key[3] = sk->shape[1];
+    key[4] = op->heads, key[5] = op->causal;
+    for (int i = 0; i < 4; i++) key[6 + i] = c->si[ids[i]].ld ? c->si[ids[i]].ld : E;
+    key[10] = 0;
+    memcpy(&key[10], &op->scale, sizeof op->scale);  // the bits: equal scales, equal keys
+}
+
 // Times cuDNN's fused attention (when it can run this shape) against kiln's and keeps the faster
-// in st->attn_cudnn. KILN_CUDA_FORCE_CUDNN_SDPA keeps cuDNN's wherever it runs (tests).
+// in st->attn_cudnn. KILN_CUDA_FORCE_CUDNN_SDPA keeps cuDNN's wherever it runs (tests). A step
+// identical to an earlier one takes that one's choice (and shares its cuDNN plan).
 static int kc_attention_tune(kiln_compiled *c, kc_step *st, kc_attn_call *a) {
     kc_attention_cudnn_free(st->attn_cudnn);
     st->attn_cudnn = NULL;
     st->attn_tuned = 1;
     st->attn_kiln_ms = st->attn_cudnn_ms = FLT_MAX;
+    long long key[11], other[11];
+    kc_attention_key(c, st, key);
+    int aligned = (uintptr_t)a->q % 16 == 0 && (uintptr_t)a->k % 16 == 0 && (uintptr_t)a->v % 16 == 0 &&
+                  (uintptr_t)a->o % 16 == 0;
+    for (kc_step *prev = c->steps; prev < st; prev++) {
+        if (prev->op < 0 || !prev->attn_tuned) continue;
+        kc_attention_key(c, prev, other);
+        if (memcmp(key, other, sizeof key) != 0 || (prev->attn_cudnn && !aligned)) continue;
+        st->attn_cudnn = kc_attention_cudnn_share(prev->attn_cudnn);
+        st->attn_kiln_ms = prev->attn_kiln_ms, st->attn_cudnn_ms = prev->attn_cudnn_ms;
+        return 0;
+    }
     KILN_TRY(kc_attention_cudnn_try(a->L, a->L->dtype, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk, a->D, a->ldq,
                                     a->ldk, a->ldv, a->ldo, a->scale, a->causal, c->scratch, c->scratch_bytes,
                                     &st->attn_cudnn, &st->attn_cudnn_ms));

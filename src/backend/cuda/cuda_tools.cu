@@ -39,7 +39,11 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
             float dms = st->attn_cudnn_ms < 1e30f ? st->attn_cudnn_ms : -1.0f;
             fprintf(f, "op %4d attn   %-6s %8.3f ms  (%s %.3f, cudnn %.3f", st->op, st->attn_cudnn ? "cudnn" : kiln,
                     st->attn_cudnn ? dms : kms, kiln, kms, dms);
-            if (st->attn_cudnn) fprintf(f, " engine %lld", kc_attention_cudnn_engine(st->attn_cudnn));
+            if (st->attn_cudnn) {
+                char how[64];
+                kc_attention_cudnn_describe(st->attn_cudnn, how, sizeof how);
+                fprintf(f, ", %s", how);
+            }
             fprintf(f, ") B%d H%d Lq%d Lk%d D%d%s  %s\n", (int)sq->shape[0], op->heads, (int)sq->shape[1],
                     (int)sk->shape[1], D, op->causal ? " causal" : "", op->label);
         }

@@ -17,8 +17,9 @@
 // Also here: kc_time_launches, the median-of-runs timer both attention tactics are measured with.
 //
 // Switches: KILN_CUDA_NO_CUDNN_SDPA (never try), KILN_CUDA_DEBUG_SDPA=1 (print, to stderr, the
-// engines tried, why one was refused and what each measured). KILN_CUDA_FORCE_CUDNN_SDPA is read
-// by cuda_steps.cu.
+// engines tried, why one was refused and what each measured), KILN_CUDA_SDPA_CONFIGS=N (time at
+// most N engine configs per graph form, default 8). KILN_CUDA_FORCE_CUDNN_SDPA is read by
+// cuda_steps.cu.
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -382,6 +383,7 @@ typedef struct kc_sdpa_search {
     kc_half *o;
     void *scratch;
     size_t limit;           // workspace an engine may use
+    int max_cfg;            // engine configs timed per graph form
     int debug;
     float best;
 } kc_sdpa_search;
@@ -403,7 +405,7 @@ static int kc_sdpa_search_graph(kc_sdpa_search *se, kc_sdpa_build *b, cudnnBacke
                                              &n_cfg, NULL),
                     "heuristics result count");
     cudnnBackendDescriptor_t cfg[KC_SDPA_MAX_CFG];
-    int64_t want = n_cfg < KC_SDPA_MAX_CFG ? n_cfg : KC_SDPA_MAX_CFG, got = 0;
+    int64_t want = n_cfg < se->max_cfg ? n_cfg : se->max_cfg, got = 0;
     for (int64_t i = 0; i < want; i++) cfg[i] = kc_sb_new(b, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine config");
     if (b->status == CUDNN_STATUS_SUCCESS && want > 0)
         kc_sb_check(b,
@@ -535,6 +537,10 @@ int kc_attention_cudnn_try(kc_libs *libs, kc_dtype dt, const kc_half *q, const k
     se.limit = scratch_size < kc_attention_cudnn_workspace_bytes ? scratch_size : kc_attention_cudnn_workspace_bytes;
     se.debug = debug;
     se.best = FLT_MAX;
+    // Plan finalize may compile kernels (runtime fusion): KILN_CUDA_SDPA_CONFIGS=N caps the configs
+    // timed per graph form (1..8) where tuning time matters more than the last microsecond.
+    const char *cap = getenv("KILN_CUDA_SDPA_CONFIGS");
+    se.max_cfg = cap && atoi(cap) >= 1 && atoi(cap) <= KC_SDPA_MAX_CFG ? atoi(cap) : KC_SDPA_MAX_CFG;
     int rc = 0;
     // The operation graph of matmuls, pointwise ops and reductions (cuDNN's runtime fusion engines).
     {

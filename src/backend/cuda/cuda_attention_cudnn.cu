@@ -71,6 +71,52 @@ int kc_time_launches(cudaStream_t s, int (*launch)(void *ctx), void *ctx, float 
     return 0;
 }
 
+// Sums (a - b)^2 and b^2 over a [rows, cols] matrix pair into acc[0], acc[1].
+template <typename T>
+__global__ void kc_diff_kernel(const T *a, long long lda, const T *b, long long ldb, long long rows, int cols,
+                               float *acc) {
+    float d2 = 0.0f, r2 = 0.0f;
+    long long n = rows * cols;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        long long r = i / cols;
+        int c = (int)(i % cols);
+        float x = kc_to_f(a[r * lda + c]), y = kc_to_f(b[r * ldb + c]);
+        d2 += (x - y) * (x - y);
+        r2 += y * y;
+    }
+    for (int o = 16; o; o >>= 1) {
+        d2 += __shfl_xor_sync(0xffffffffu, d2, o);
+        r2 += __shfl_xor_sync(0xffffffffu, r2, o);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(&acc[0], d2);
+        atomicAdd(&acc[1], r2);
+    }
+}
+
+int kc_rel_l2_diff(cudaStream_t s, kc_dtype dt, const kc_half *a, long long lda, const kc_half *b, long long ldb,
+                   long long rows, int cols, double *rel) {
+    float *acc = NULL, host[2] = {0.0f, 0.0f};
+    KC_CUDA(cudaMalloc(&acc, 2 * sizeof(float)));
+    cudaError_t e = cudaMemsetAsync(acc, 0, 2 * sizeof(float), s);
+    if (e == cudaSuccess) {
+        long long blocks = (rows * cols + 255) / 256;
+        unsigned grid = (unsigned)(blocks > 1024 ? 1024 : (blocks ? blocks : 1));
+        if (dt == KC_BF16)
+            kc_diff_kernel<__nv_bfloat16><<<grid, 256, 0, s>>>((const __nv_bfloat16 *)a, lda,
+                                                               (const __nv_bfloat16 *)b, ldb, rows, cols, acc);
+        else
+            kc_diff_kernel<__half><<<grid, 256, 0, s>>>((const __half *)a, lda, (const __half *)b, ldb, rows, cols, acc);
+        e = cudaGetLastError();
+    }
+    if (e == cudaSuccess) e = cudaMemcpyAsync(host, acc, sizeof host, cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    cudaFree(acc);
+    if (e != cudaSuccess) return kiln_error(KILN_EBACKEND, "relative difference: %s", cudaGetErrorString(e));
+    *rel = host[1] > 0.0f ? sqrt((double)host[0] / host[1]) : sqrt((double)host[0]);
+    return 0;
+}
+
 #ifdef KILN_HAVE_CUDNN
 
 enum { KC_SDPA_MAX_DESC = 96, KC_SDPA_MAX_OPS = 16, KC_SDPA_MAX_CFG = 8 };

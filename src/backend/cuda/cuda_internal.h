@@ -150,6 +150,9 @@ void kc_attention_cudnn_describe(const void *state, char *buf, size_t size);  //
 // Another user of the same state (a step with identical operands' shapes); each user frees it once.
 void *kc_attention_cudnn_share(void *state);
 void kc_attention_cudnn_free(void *state);
+// ||a - b|| / ||b|| over [rows, cols] matrices of dt elements with row strides lda, ldb (waits for s).
+int kc_rel_l2_diff(cudaStream_t s, kc_dtype dt, const kc_half *a, long long lda, const kc_half *b, long long ldb,
+                   long long rows, int cols, double *rel);
 // Median time (ms) of launch(ctx): 5 measurements of 4 back-to-back calls after one warm-up.
 int kc_time_launches(cudaStream_t s, int (*launch)(void *ctx), void *ctx, float *ms);
 

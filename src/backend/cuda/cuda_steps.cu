@@ -2,6 +2,7 @@
 // launcher of its op family, with the physical layout (NHWC, row strides of column views) applied.
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -76,9 +77,33 @@ static int kc_attention_tune(kiln_compiled *c, kc_step *st, kc_attn_call *a) {
     KILN_TRY(kc_attention_cudnn_try(a->L, a->L->dtype, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk, a->D, a->ldq,
                                     a->ldk, a->ldv, a->ldo, a->scale, a->causal, c->scratch, c->scratch_bytes,
                                     &st->attn_cudnn, &st->attn_cudnn_ms));
-    if (!st->attn_cudnn || getenv("KILN_CUDA_FORCE_CUDNN_SDPA")) return 0;
-    KILN_TRY(kc_time_launches(a->L->stream, kc_attention_kiln, a, &st->attn_kiln_ms));
-    if (st->attn_kiln_ms <= st->attn_cudnn_ms) {
+    if (!st->attn_cudnn) return 0;
+    // cuDNN's result is checked against kiln's on this data before it is trusted: a graph cuDNN
+    // accepts but reads differently (layout, mask) must not be picked silently.
+    int force = getenv("KILN_CUDA_FORCE_CUDNN_SDPA") != NULL;
+    long long rows = (long long)a->B * a->Lq;
+    int cols = a->H * a->D;
+    kc_half *theirs = NULL;
+    KC_CUDA(cudaMalloc(&theirs, (size_t)rows * cols * sizeof(kc_half)));
+    int rc = kc_attention_cudnn_run(a->L, st->attn_cudnn, a->q, a->k, a->v, a->o, a->scratch);
+    if (rc == 0 && cudaMemcpy2DAsync(theirs, (size_t)cols * sizeof(kc_half), a->o, (size_t)a->ldo * sizeof(kc_half),
+                                     (size_t)cols * sizeof(kc_half), (size_t)rows, cudaMemcpyDeviceToDevice,
+                                     a->L->stream) != cudaSuccess)
+        rc = kiln_error(KILN_EBACKEND, "attention: copying cuDNN's result: %s", cudaGetErrorString(cudaGetLastError()));
+    if (rc == 0) rc = force ? kc_attention_kiln(a) : kc_time_launches(a->L->stream, kc_attention_kiln, a, &st->attn_kiln_ms);
+    double rel = 0.0;
+    if (rc == 0) rc = kc_rel_l2_diff(a->L->stream, a->L->dtype, theirs, cols, a->o, a->ldo, rows, cols, &rel);
+    cudaFree(theirs);
+    if (rc) return rc;
+    int trusted = rel <= 2e-2;  // false for NaN too
+    if (!trusted && (force || getenv("KILN_CUDA_DEBUG_SDPA"))) {  // the backend has no logger: opt-in only
+        char how[64];
+        kc_attention_cudnn_describe(st->attn_cudnn, how, sizeof how);
+        fprintf(stderr, "kiln: cuDNN fused attention (%s) differs from kiln's kernel by %.3g (relative L2) for "
+                        "B%d H%d Lq%d Lk%d D%d%s: %s\n", how, rel, a->B, a->H, a->Lq, a->Lk, a->D,
+                a->causal ? " causal" : "", force ? "used anyway (KILN_CUDA_FORCE_CUDNN_SDPA)" : "not used");
+    }
+    if (!force && (!trusted || st->attn_kiln_ms <= st->attn_cudnn_ms)) {
         kc_attention_cudnn_free(st->attn_cudnn);
         st->attn_cudnn = NULL;
     }

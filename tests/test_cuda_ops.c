@@ -317,6 +317,7 @@ static void attention_case(int B, int H, int Lq, int Lk, int D, int causal) {
 
 TEST(attention) {
     attention_case(2, 8, 300, 300, 40, 0);  /* SD1.5 level-0 self-attention head size */
+    attention_case(1, 2, 1030, 1030, 40, 0); /* long rows: many kv tiles, a partial last one */
     attention_case(2, 8, 130, 77, 40, 0);   /* cross-attention to 77 tokens */
     attention_case(1, 8, 100, 100, 80, 0);
     attention_case(2, 8, 70, 77, 160, 0);
@@ -615,6 +616,22 @@ int main(void) {
     } else {
         CHECK_MSG(0, "cuda backend with KILN_CUDA_FORCE_IGEMM: %s", kiln_last_error());
     }
+    /* and the attention tests with cuDNN's fused attention (graph API) used wherever it runs
+     * instead of timed against kiln's flash kernel (same tolerances; shapes cuDNN refuses run on
+     * kiln's kernels as before; KILN_CUDA_DEBUG_SDPA=1 shows which engine ran each case) */
+    if (g_gpu) kiln_backend_destroy(g_gpu);
+    g_gpu = NULL;
+    unsetenv("KILN_CUDA_FORCE_IGEMM");
+    if (!no_cudnn_given) unsetenv("KILN_CUDA_NO_CUDNN");
+    setenv("KILN_CUDA_FORCE_CUDNN_SDPA", "1", 1);
+    if (kiln_backend_cuda_create_ex(0, 0, &g_gpu) == 0) {
+        RUN(attention);
+        RUN(transformer_block);
+        RUN(shared_input_linears);
+    } else {
+        CHECK_MSG(0, "cuda backend with KILN_CUDA_FORCE_CUDNN_SDPA: %s", kiln_last_error());
+    }
+    unsetenv("KILN_CUDA_FORCE_CUDNN_SDPA");
     if (g_gpu) kiln_backend_destroy(g_gpu);
     g_gpu = NULL;
     unsetenv("KILN_CUDA_FORCE_IGEMM");

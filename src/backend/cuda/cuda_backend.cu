@@ -292,6 +292,7 @@ static void kc_free_compiled(kiln_compiled *c) {
     for (int i = 0; i < c->n_steps; i++) {
         if (c->steps[i].has_gemm) kc_gemm_destroy(&c->steps[i].gemm);
         if (c->steps[i].has_conv) kc_conv_destroy(&c->steps[i].conv);
+        kc_attention_cudnn_free(c->steps[i].attn_cudnn);
         cudaFree(c->steps[i].wcat);
         cudaFree(c->steps[i].bcat);
     }

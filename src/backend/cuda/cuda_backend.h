@@ -11,8 +11,8 @@ extern "C" {
 
 #include "backend/backend.h"
 
-/* Prints each convolution / GEMM step's chosen method and tuned time, the arena size and whether
- * the run is a CUDA graph. c must come from the CUDA backend. */
+/* Prints each convolution / GEMM / attention step's chosen method and tuned times, the arena size
+ * and whether the run is a CUDA graph. c must come from the CUDA backend. */
 void kiln_cuda_describe(const kiln_compiled *c, FILE *f);
 /* Replays the compiled run (without host copies) `iters` times after `warmup` replays, timing each
  * with CUDA events; writes the median and minimum in milliseconds. */

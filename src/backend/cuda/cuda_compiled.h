@@ -55,6 +55,11 @@ typedef struct kc_step {
     // (owned here), writing every member's output as a column range of one buffer.
     kc_half *wcat, *bcat;
     int n_total;
+    // Attention: cuDNN's fused attention (state from kc_attention_cudnn_try) when it beat kiln's
+    // own kernel at tune time, else NULL; the times both measured (FLT_MAX: not measured).
+    void *attn_cudnn;
+    float attn_kiln_ms, attn_cudnn_ms;
+    int attn_tuned;
 } kc_step;
 
 struct kiln_compiled {

@@ -170,6 +170,29 @@ int kc_attention_fallback(kc_libs *libs, const kc_half *q, const kc_half *k, con
                           int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv, long long ldo,
                           float scale, int causal, void *scratch);
 
+// ---- attention through cuDNN's fused flash-attention engines (cuda_attention_cudnn.cu): same
+// operands as above, I/O in dt. Builds the SDPA operation graph, times up to 8 engine configs that
+// finalize with at most kc_attention_cudnn_workspace_bytes of workspace (and scratch_size) and
+// keeps the fastest in *state with its time in *ms. Leaves *state NULL (returns 0) when cuDNN
+// cannot run it (no cuDNN, head dim, alignment, KILN_CUDA_NO_CUDNN_SDPA).
+extern const size_t kc_attention_cudnn_workspace_bytes;
+size_t kc_attention_cudnn_scratch_bound(void);  // scratch to reserve for it (0 when it is off)
+int kc_attention_cudnn_try(kc_libs *libs, kc_dtype dt, const kc_half *q, const kc_half *k, const kc_half *v,
+                           kc_half *o, int B, int H, int Lq, int Lk, int D, long long ldq, long long ldk, long long ldv,
+                           long long ldo, float scale, int causal, void *scratch, size_t scratch_size, void **state,
+                           float *ms);
+int kc_attention_cudnn_run(kc_libs *libs, const void *state, const kc_half *q, const kc_half *k, const kc_half *v,
+                           kc_half *o, void *scratch);
+void kc_attention_cudnn_describe(const void *state, char *buf, size_t size);  // graph form and engine
+// Another user of the same state (a step with identical operands' shapes); each user frees it once.
+void *kc_attention_cudnn_share(void *state);
+void kc_attention_cudnn_free(void *state);
+// ||a - b|| / ||b|| over [rows, cols] matrices of dt elements with row strides lda, ldb (waits for s).
+int kc_rel_l2_diff(cudaStream_t s, kc_dtype dt, const kc_half *a, long long lda, const kc_half *b, long long ldb,
+                   long long rows, int cols, double *rel);
+// Median time (ms) of launch(ctx): 5 measurements of 4 back-to-back calls after one warm-up.
+int kc_time_launches(cudaStream_t s, int (*launch)(void *ctx), void *ctx, float *ms);
+
 // ---- elementwise (cuda_elementwise.cu); upsample and channel copies only move 16-bit elements
 int kc_fill_random(cudaStream_t s, kc_dtype dt, kc_half *x, size_t n, uint32_t seed, float amplitude);
 // fp32 in the logical layout -> 16-bit (dt) in the physical layout (NCHW -> NHWC when nhwc), and back.

@@ -1,7 +1,10 @@
 // cuda_steps.cu — running one compiled step of the CUDA backend: dispatch from a plan op to the
 // launcher of its op family, with the physical layout (NHWC, row strides of column views) applied.
+#include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend/cuda/cuda_compiled.h"
 
@@ -9,6 +12,101 @@
 static int kc_slot_dims(const kiln_slot *s, int *N, int *C, int *H, int *W) {
     if (s->ndim != 4) return kiln_error(KILN_EUNSUPPORTED, "CUDA backend: %s is not 4-D", s->name);
     *N = (int)s->shape[0], *C = (int)s->shape[1], *H = (int)s->shape[2], *W = (int)s->shape[3];
+    return 0;
+}
+
+// ---- attention: kiln's own kernels or cuDNN's fused attention, whichever was faster at tune time
+typedef struct kc_attn_call {
+    kc_libs *L;
+    const kc_half *q, *k, *v;
+    kc_half *o;
+    int B, H, Lq, Lk, D;
+    long long ldq, ldk, ldv, ldo;
+    float scale;
+    int causal;
+    void *scratch;
+} kc_attn_call;
+
+// kiln's attention: the flash kernel where it applies, else the cuBLAS fallback.
+static int kc_attention_kiln(void *ctx) {
+    const kc_attn_call *a = (const kc_attn_call *)ctx;
+    if (kc_attention_flash_supported(a->D) && getenv("KILN_CUDA_NO_FLASH") == NULL) {
+        int rc = kc_attention_flash(a->L->stream, a->L->dtype, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk,
+                                    a->D, a->ldq, a->ldk, a->ldv, a->ldo, a->scale, a->causal);
+        if (rc != KILN_EUNSUPPORTED) return rc;
+        kiln_error_clear();
+    }
+    return kc_attention_fallback(a->L, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk, a->D, a->ldq, a->ldk, a->ldv,
+                                 a->ldo, a->scale, a->causal, a->scratch);
+}
+
+// What decides an attention step's tactic: operand shapes, row strides, heads, mask, scale.
+static void kc_attention_key(const kiln_compiled *c, const kc_step *st, long long key[11]) {
+    const kiln_plan *p = c->plan;
+    const kiln_op *op = &p->ops[st->op];
+    const kiln_slot *sx = &p->slots[op->in[0]], *sk = &p->slots[op->in[1]];
+    long long E = sx->shape[2];
+    int ids[4] = {op->in[0], op->in[1], op->in[2], st->out};
+    key[0] = sx->shape[0], key[1] = sx->shape[1], key[2] = E, key[3] = sk->shape[1];
+    key[4] = op->heads, key[5] = op->causal;
+    for (int i = 0; i < 4; i++) key[6 + i] = c->si[ids[i]].ld ? c->si[ids[i]].ld : E;
+    key[10] = 0;
+    memcpy(&key[10], &op->scale, sizeof op->scale);  // the bits: equal scales, equal keys
+}
+
+// Times cuDNN's fused attention (when it can run this shape) against kiln's and keeps the faster
+// in st->attn_cudnn. KILN_CUDA_FORCE_CUDNN_SDPA keeps cuDNN's wherever it runs (tests). A step
+// identical to an earlier one takes that one's choice (and shares its cuDNN plan).
+static int kc_attention_tune(kiln_compiled *c, kc_step *st, kc_attn_call *a) {
+    kc_attention_cudnn_free(st->attn_cudnn);
+    st->attn_cudnn = NULL;
+    st->attn_tuned = 1;
+    st->attn_kiln_ms = st->attn_cudnn_ms = FLT_MAX;
+    long long key[11], other[11];
+    kc_attention_key(c, st, key);
+    int aligned = (uintptr_t)a->q % 16 == 0 && (uintptr_t)a->k % 16 == 0 && (uintptr_t)a->v % 16 == 0 &&
+                  (uintptr_t)a->o % 16 == 0;
+    for (kc_step *prev = c->steps; prev < st; prev++) {
+        if (prev->op < 0 || !prev->attn_tuned) continue;
+        kc_attention_key(c, prev, other);
+        if (memcmp(key, other, sizeof key) != 0 || (prev->attn_cudnn && !aligned)) continue;
+        st->attn_cudnn = kc_attention_cudnn_share(prev->attn_cudnn);
+        st->attn_kiln_ms = prev->attn_kiln_ms, st->attn_cudnn_ms = prev->attn_cudnn_ms;
+        return 0;
+    }
+    KILN_TRY(kc_attention_cudnn_try(a->L, a->L->dtype, a->q, a->k, a->v, a->o, a->B, a->H, a->Lq, a->Lk, a->D, a->ldq,
+                                    a->ldk, a->ldv, a->ldo, a->scale, a->causal, c->scratch, c->scratch_bytes,
+                                    &st->attn_cudnn, &st->attn_cudnn_ms));
+    if (!st->attn_cudnn) return 0;
+    // cuDNN's result is checked against kiln's on this data before it is trusted: a graph cuDNN
+    // accepts but reads differently (layout, mask) must not be picked silently.
+    int force = getenv("KILN_CUDA_FORCE_CUDNN_SDPA") != NULL;
+    long long rows = (long long)a->B * a->Lq;
+    int cols = a->H * a->D;
+    kc_half *theirs = NULL;
+    KC_CUDA(cudaMalloc(&theirs, (size_t)rows * cols * sizeof(kc_half)));
+    int rc = kc_attention_cudnn_run(a->L, st->attn_cudnn, a->q, a->k, a->v, a->o, a->scratch);
+    if (rc == 0 && cudaMemcpy2DAsync(theirs, (size_t)cols * sizeof(kc_half), a->o, (size_t)a->ldo * sizeof(kc_half),
+                                     (size_t)cols * sizeof(kc_half), (size_t)rows, cudaMemcpyDeviceToDevice,
+                                     a->L->stream) != cudaSuccess)
+        rc = kiln_error(KILN_EBACKEND, "attention: copying cuDNN's result: %s", cudaGetErrorString(cudaGetLastError()));
+    if (rc == 0) rc = force ? kc_attention_kiln(a) : kc_time_launches(a->L->stream, kc_attention_kiln, a, &st->attn_kiln_ms);
+    double rel = 0.0;
+    if (rc == 0) rc = kc_rel_l2_diff(a->L->stream, a->L->dtype, theirs, cols, a->o, a->ldo, rows, cols, &rel);
+    cudaFree(theirs);
+    if (rc) return rc;
+    int trusted = rel <= 2e-2;  // false for NaN too
+    if (!trusted && (force || getenv("KILN_CUDA_DEBUG_SDPA"))) {  // the backend has no logger: opt-in only
+        char how[64];
+        kc_attention_cudnn_describe(st->attn_cudnn, how, sizeof how);
+        fprintf(stderr, "kiln: cuDNN fused attention (%s) differs from kiln's kernel by %.3g (relative L2) for "
+                        "B%d H%d Lq%d Lk%d D%d%s: %s\n", how, rel, a->B, a->H, a->Lq, a->Lk, a->D,
+                a->causal ? " causal" : "", force ? "used anyway (KILN_CUDA_FORCE_CUDNN_SDPA)" : "not used");
+    }
+    if (!force && (!trusted || st->attn_kiln_ms <= st->attn_cudnn_ms)) {
+        kc_attention_cudnn_free(st->attn_cudnn);
+        st->attn_cudnn = NULL;
+    }
     return 0;
 }
 
@@ -106,13 +204,10 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long ldv = c->si[op->in[2]].ld ? c->si[op->in[2]].ld : E;
         long long ldo = c->si[st->out].ld ? c->si[st->out].ld : E;
         float scale = op->scale > 0.0f ? op->scale : 1.0f / sqrtf((float)D);
-        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) {
-            int rc = kc_attention_flash(s, dt, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal);
-            if (rc != KILN_EUNSUPPORTED) return rc;
-            kiln_error_clear();
-        }
-        return kc_attention_fallback(L, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal,
-                                     c->scratch);
+        kc_attn_call a = {L, x, k, v, y, B, H, Lq, Lk, D, ldq, ldk, ldv, ldo, scale, op->causal, c->scratch};
+        if (tune) KILN_TRY(kc_attention_tune(c, st, &a));
+        if (st->attn_cudnn) return kc_attention_cudnn_run(L, st->attn_cudnn, x, k, v, y, c->scratch);
+        return kc_attention_kiln(&a);
     }
     case KILN_OP_UPSAMPLE_NEAREST: {
         int N = 0, C = 0, H = 0, W = 0;
@@ -215,8 +310,11 @@ size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op) {
     case KILN_OP_ATTENTION: {
         const kiln_slot *sk = &p->slots[op->in[1]];
         int D = (int)(sx->shape[2] / op->heads);
-        if (kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL) return 0;
-        return kc_attention_fallback_scratch(op->heads, (int)sx->shape[1], (int)sk->shape[1]);
+        size_t kiln = kc_attention_flash_supported(D) && getenv("KILN_CUDA_NO_FLASH") == NULL
+                          ? 0
+                          : kc_attention_fallback_scratch(op->heads, (int)sx->shape[1], (int)sk->shape[1]);
+        size_t dnn = kc_attention_cudnn_scratch_bound();  // cuDNN's workspace (the two never run together)
+        return kiln > dnn ? kiln : dnn;
     }
     default: return 0;
     }

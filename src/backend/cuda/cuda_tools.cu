@@ -39,6 +39,22 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
             fprintf(f, "op %4d linear %-6s %8.3f ms  M %d N %d K %d  %s%s%s\n", st->op, "lt", st->gemm.best_ms,
                     st->gemm.M, st->gemm.N, st->gemm.K, op->label, st->residual >= 0 ? " +residual" : "",
                     st->n_total ? " (horizontally fused)" : "");
+        else if (st->attn_tuned) {
+            const kiln_slot *sq = &c->plan->slots[op->in[0]], *sk = &c->plan->slots[op->in[1]];
+            int D = (int)(sq->shape[2] / op->heads);
+            const char *kiln = kc_attention_flash_supported(D) ? "flash" : "cublas";
+            float kms = st->attn_kiln_ms < 1e30f ? st->attn_kiln_ms : -1.0f;
+            float dms = st->attn_cudnn_ms < 1e30f ? st->attn_cudnn_ms : -1.0f;
+            fprintf(f, "op %4d attn   %-6s %8.3f ms  (%s %.3f, cudnn %.3f", st->op, st->attn_cudnn ? "cudnn" : kiln,
+                    st->attn_cudnn ? dms : kms, kiln, kms, dms);
+            if (st->attn_cudnn) {
+                char how[64];
+                kc_attention_cudnn_describe(st->attn_cudnn, how, sizeof how);
+                fprintf(f, ", %s", how);
+            }
+            fprintf(f, ") B%d H%d Lq%d Lk%d D%d%s  %s\n", (int)sq->shape[0], op->heads, (int)sq->shape[1],
+                    (int)sk->shape[1], D, op->causal ? " causal" : "", op->label);
+        }
     }
     double wbytes = 0;
     for (int i = 0; i < c->n_wrefs; i++)

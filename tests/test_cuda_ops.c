@@ -519,6 +519,60 @@ TEST(shared_input_linears) {
     }
 }
 
+/* One compiled plan run again and again, with another plan run in between (both share the backend's
+ * work buffer) and with an input changed or unchanged: the backend skips re-sending an unchanged
+ * input only while the work buffer still holds it. */
+static kiln_plan *linear_plan(kiln_weights *ws, const char *wname, int M, int K, int N, float *w) {
+    for (int i = 0; i < N * K; i++) w[i] = frand(-0.5f, 0.5f);
+    int64_t wshape[2] = {N, K}, xshape[2] = {M, K};
+    CHECK(kiln_weights_add_owned_f32(ws, wname, 2, wshape, w, "test") == 0);
+    kiln_plan *p = kiln_plan_new(ws);
+    int x = kiln_plan_input(p, "x", KILN_SLOT_F32, 2, xshape);
+    kiln_plan_output(p, kiln_plan_linear(p, x, kiln_plan_weight(p, wname, 2, wshape), -1), "out");
+    CHECK(kiln_plan_finalize(p) == 0);
+    return p;
+}
+
+static void linear_ref(const float *x, const float *w, int M, int K, int N, float *y) {
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++) acc += (double)x[m * K + k] * w[n * K + k];
+            y[m * N + n] = (float)acc;
+        }
+}
+
+TEST(rerun_inputs) {
+    enum { M = 24, K = 40, N = 16 };
+    kiln_weights *ws = kiln_weights_new();
+    float *wa = malloc(sizeof(float) * N * K), *wb = malloc(sizeof(float) * N * K);
+    kiln_plan *pa = linear_plan(ws, "wa", M, K, N, wa), *pb = linear_plan(ws, "wb", M, K, N, wb);
+    kiln_compiled *ca = NULL, *cb = NULL;
+    CHECK(g_gpu->ops->compile(g_gpu, pa, &ca) == 0 && g_gpu->ops->compile(g_gpu, pb, &cb) == 0);
+    float x[M * K], xb[M * K], got[M * N], want[M * N];
+    for (int i = 0; i < M * K; i++) x[i] = frand(-1, 1), xb[i] = frand(-1, 1);
+    for (int round = 0; ca && cb && round < 4; round++) {
+        if (round == 3) x[5] += 0.75f;  /* one element changed: must be sent again */
+        const void *in[1] = {x};
+        void *out[1] = {got};
+        CHECK(g_gpu->ops->run(ca, in, out) == 0);
+        linear_ref(x, wa, M, K, N, want);
+        double err = test_rel_l2(got, want, M * N);
+        CHECK_MSG(err < TOL_OP, "rerun round %d: relative L2 %.3g", round, err);
+        if (round == 1) {  /* the other plan overwrites the shared work buffer's inputs */
+            const void *inb[1] = {xb};
+            CHECK(g_gpu->ops->run(cb, inb, out) == 0);
+            linear_ref(xb, wb, M, K, N, want);
+            CHECK(test_rel_l2(got, want, M * N) < TOL_OP);
+        }
+    }
+    if (ca) g_gpu->ops->free_compiled(ca);
+    if (cb) g_gpu->ops->free_compiled(cb);
+    kiln_plan_free(pa);
+    kiln_plan_free(pb);
+    kiln_weights_free(ws);
+}
+
 TEST(errors) {
     /* kiln_backend_cuda_create on a device that does not exist fails with a message */
     kiln_backend *be = NULL;
@@ -560,12 +614,21 @@ int main(void) {
     RUN(resnet_block);
     RUN(transformer_block);
     RUN(shared_input_linears);
+    RUN(rerun_inputs);
     RUN(errors);
-    /* GroupNorm once more in its three-kernel form (what GPUs before sm_90 and large maps use) */
+    /* GroupNorm once more in its three-kernel form (what GPUs before sm_90 and large maps use), and
+     * in its one-kernel form with each cluster size (the tuner picks one per shape) */
     setenv("KILN_CUDA_GN_SPLIT", "1", 1);
     RUN(group_norm);
     RUN(resnet_block);
     unsetenv("KILN_CUDA_GN_SPLIT");
+    static const char *cluster_sizes[] = {"1", "2", "4", "8"};
+    for (int i = 0; i < 4; i++) {
+        setenv("KILN_CUDA_GN_CLUSTER", cluster_sizes[i], 1);
+        RUN(group_norm);
+        RUN(resnet_block);
+    }
+    unsetenv("KILN_CUDA_GN_CLUSTER");
     if (getenv("KILN_CUDA_NO_CUDNN") == NULL && getenv("KILN_CUDA_NO_CUDNN_GRAPH") == NULL) {
         /* the same convolutions with cuDNN's backend (graph) API forced wherever it runs (fused
          * bias/residual graph or plain graph + kernel; KILN_CUDA_DEBUG_CUDNN_GRAPH=1 shows which) */

@@ -26,6 +26,7 @@ typedef struct kc_backend {
     kc_libs libs;
     char *work;
     size_t work_bytes;
+    const struct kiln_compiled *last_run;  // the plan whose inputs the work buffer holds (NULL: none)
     int device;
     char name[256];
     kc_cached_weight *cache;
@@ -48,6 +49,8 @@ typedef struct kc_step {
     int out;                // slot written (an ADD's output when a residual was fused)
     int residual;           // slot added in the epilogue, or -1
     int gn_x, gn_add;       // GROUP_NORM of an ADD_CHANNEL's result: its x and per-channel addend (-1: none)
+    int gn_cluster;         // GROUP_NORM: the form the tuner chose (kc_gn_args.cluster)
+    float gn_ms;            // and its time
     kc_gemm gemm;
     kc_conv conv;
     int has_gemm, has_conv;
@@ -78,6 +81,12 @@ struct kiln_compiled {
     uint64_t skip_kinds;
     unsigned skip_conv_methods;
     struct { const kiln_weight *w; int f32; } *wrefs;  // cache entries this plan holds a count on
+    // Pinned host copies of the inputs as last uploaded, then the outputs (NULL: pageable copies).
+    // An input equal to its last upload (a prompt's context on every sampling step) is not sent again
+    // while the work buffer still holds it (be->last_run == this plan).
+    char *pinned;
+    size_t *pinned_off;     // per input, then per output
+    int *in_sent;
     int n_wrefs, cap_wrefs;
 };
 

@@ -54,6 +54,8 @@ typedef struct kc_libs {
     int sm_count;
     int cc_major;           // compute capability of the device
     kc_dtype dtype;         // element type of activations and weights (fp16 unless bf16 was asked for)
+    struct kc_gemm_tuned *tuned;  // GEMM algorithms already chosen, by shape (cuda_gemm.cu)
+    int n_tuned, cap_tuned;
 } kc_libs;
 
 // ---- GEMM (cuda_gemm.cu): Y[M,N] (row stride ldy) = X[M,K] (row stride ldx) W[N,K]^T + bias[N] + R[M,N]
@@ -75,6 +77,7 @@ int kc_gemm_init(kc_libs *libs, kc_gemm *g, int M, int N, int K, int ldx, int ld
 int kc_gemm_run(kc_libs *libs, const kc_gemm *g, const kc_half *X, const kc_half *W, const kc_half *bias,
                 const kc_half *R, kc_half *Y, void *ws);
 void kc_gemm_destroy(kc_gemm *g);
+void kc_gemm_forget_all(kc_libs *libs);  // frees the per-shape choices (backend teardown)
 // Batched strided product for the attention fallback (cuBLAS): per batch i,
 // C_i[m,n] (fp32, or 16-bit of libs->dtype, per c_f32) = alpha * A_i[m,k] * op(B_i), row-major with
 // leading dims.
@@ -154,7 +157,12 @@ typedef struct kc_gn_args {
     long long ld_add, sn, sc, sp;
     int N, C, P, G, silu;
     float eps;
+    int cluster;            // one-kernel form: blocks per cluster (1..8), 0 = the largest that fits;
+                            // -1 = the three-kernel form
 } kc_gn_args;
+// The cluster sizes the one-kernel form can use for g on this GPU (none before sm_90 or for
+// layouts it does not handle); the tuner times each.
+int kc_gn_cluster_sizes(int cc_major, const kc_gn_args *g, int sizes[4]);
 // cc_major: the GPU's compute capability (the one-kernel form needs sm_90 clusters).
 int kc_group_norm(cudaStream_t s, kc_dtype dt, int cc_major, const kc_gn_args *g, void *partials);
 int kc_layer_norm(cudaStream_t s, kc_dtype dt, const kc_half *x, kc_half *y, const float *gamma, const float *beta,

@@ -214,25 +214,26 @@ __global__ void kc_gn_generic_kernel(const T *x, const T *add, long long lda, T 
     }
 }
 
-// ---- one-kernel GroupNorm on sm_90 (thread-block clusters)
-#define KC_GN_CLUSTER 8     // blocks per cluster (the portable maximum)
+// ---- one-kernel GroupNorm (thread-block clusters on sm_90)
 #define KC_GN_THREADS 256   // 8 warps
 #define KC_GN_MAX_CHUNK 256 // channels per cluster at most (32 octets: one warp row)
-static const size_t kc_gn_cluster_smem_limit = 200u << 10;  // of the H100's 227 KiB per block
+#define KC_GN_MAX_CLUSTER 8 // blocks per cluster at most (the portable limit)
+#define KC_GN_BATCH 4       // loads a thread issues before it waits on any
+static const size_t kc_gn_smem_limit = 160u << 10;  // per block, of the H100's 227 KiB
 
 typedef struct kc_gn_part3 { float count, mean, m2; } kc_gn_part3;
 
-// grid (C / chunk * KC_GN_CLUSTER, N): cluster q normalises channels [q*chunk, (q+1)*chunk) of
-// image n; its block of rank r holds pixels [P*r/8, P*(r+1)/8) in shared memory. chunk = lcm(cpg, 8),
-// so a chunk holds whole groups (at most 8) and whole 16-byte vectors.
+// grid (C / chunk * cs, N), clusters of cs blocks (cs = 1: no cluster): cluster q normalises
+// channels [q*chunk, (q+1)*chunk) of image n; its block of rank r holds pixels [P*r/cs, P*(r+1)/cs)
+// in shared memory. chunk = lcm(cpg, 8): whole groups (at most 8) and whole 16-byte vectors.
 // Threads: octet j = tid % ch8p (ch8p = chunk/8 rounded up to a power of two; j >= chunk/8 idle),
 // pixel lane pr = tid / ch8p. One pass: sums of values shifted by the block's first pixel (no
-// cancellation), reduced over lanes by warp shuffles and a few shared-memory rows, turned into
-// per-group (count, mean, M2) and merged over the cluster with Chan's formula.
+// cancellation), reduced over lanes by warp shuffles and one shared-memory row per warp, turned
+// into per-group (count, mean, M2) and merged over the cluster with Chan's formula.
 template <typename T>
-__global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_THREADS)
+__global__ void __launch_bounds__(KC_GN_THREADS)
     kc_gn_cluster_kernel(const T *x, const T *add, long long lda, T *y, const float *gamma, const float *beta, int C,
-                         int P, int cpg, int chunk, int ch8p, float eps, int silu) {
+                         int P, int cpg, int chunk, int ch8p, int cs, float eps, int silu) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ uint4 kc_gn_data[];  // [pixel - p0][octet]
     __shared__ float red1[8 * KC_GN_MAX_CHUNK], red2[8 * KC_GN_MAX_CHUNK], shift[KC_GN_MAX_CHUNK];
@@ -242,8 +243,8 @@ __global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_TH
     const int ch8 = chunk / 8, PR = KC_GN_THREADS / ch8p, tid = threadIdx.x, lane = tid % 32;
     const int j = tid % ch8p, pr = tid / ch8p;
     const bool active = j < ch8;
-    const int rank = (int)cluster.block_rank(), q = blockIdx.x / KC_GN_CLUSTER, n = blockIdx.y, gq = chunk / cpg;
-    const int p0 = (int)((long long)P * rank / KC_GN_CLUSTER), p1 = (int)((long long)P * (rank + 1) / KC_GN_CLUSTER);
+    const int rank = cs > 1 ? (int)cluster.block_rank() : 0, q = blockIdx.x / cs, n = blockIdx.y, gq = chunk / cpg;
+    const int p0 = (int)((long long)P * rank / cs), p1 = (int)((long long)P * (rank + 1) / cs);
     const int np = p1 - p0;
     const size_t base = (size_t)n * P * C + (size_t)q * chunk + j * 8;
     float sh[8], s1[8], s2[8], f[8], ga[8], be[8], ad[8];
@@ -257,19 +258,25 @@ __global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_TH
         for (int e = 0; e < 8; e++) ga[e] = gamma[q * chunk + j * 8 + e], be[e] = beta[q * chunk + j * 8 + e];
     }
     if (active)
-#pragma unroll 8
-        for (int p = p0 + pr; p < p1; p += PR) {
-            uint4 u = *(const uint4 *)&x[base + (size_t)p * C];
-            kc_unpack8<T>(u, f);
-            if (add) {
-                kc_gn_add8<T>(f, ad);
-                u = kc_pack8<T>(f);
-            }
-            kc_gn_data[(p - p0) * ch8 + j] = u;
+        for (int p = p0 + pr; p < p1; p += KC_GN_BATCH * PR) {
+            uint4 u[KC_GN_BATCH];
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                float d = f[e] - sh[e];
-                s1[e] += d, s2[e] += d * d;
+            for (int k = 0; k < KC_GN_BATCH; k++)  // every load of the batch in flight before any use
+                if (p + k * PR < p1) u[k] = *(const uint4 *)&x[base + (size_t)(p + k * PR) * C];
+#pragma unroll
+            for (int k = 0; k < KC_GN_BATCH; k++) {
+                if (p + k * PR >= p1) break;
+                kc_unpack8<T>(u[k], f);
+                if (add) {
+                    kc_gn_add8<T>(f, ad);
+                    u[k] = kc_pack8<T>(f);
+                }
+                kc_gn_data[(p + k * PR - p0) * ch8 + j] = u[k];
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    float d = f[e] - sh[e];
+                    s1[e] += d, s2[e] += d * d;
+                }
             }
         }
     // Lanes of a warp with the same octet (lane % ch8p) first; then one row per warp in shared memory.
@@ -287,7 +294,7 @@ __global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_TH
 #pragma unroll
         for (int e = 0; e < 8; e++) shift[j * 8 + e] = sh[e];
     __syncthreads();
-    // Per channel: mean and M2 over this block's pixels (in red1 / red2 row 0).
+    // Per channel: mean and M2 over this block's pixels (into red1 / red2 row 0).
     for (int c = tid; c < chunk; c += KC_GN_THREADS) {
         float t1 = 0.0f, t2 = 0.0f;
         for (int r = 0; r < KC_GN_THREADS / 32; r++) t1 += red1[r * chunk + c], t2 += red2[r * chunk + c];
@@ -311,13 +318,14 @@ __global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_TH
         for (int o = 16; o; o >>= 1) M2 += __shfl_xor_sync(0xffffffffu, M2, o);
         if (lane == 0) part[warp] = kc_gn_part3{(float)np * cpg, m, M2};
     }
-    cluster.sync();  // every block's partials are ready
+    if (cs > 1) cluster.sync();  // every block's partials are ready
+    else __syncthreads();
     // Thread g*8 + r (the first two warps) reads group g's partial from rank r; 8 lanes merge them.
     if (tid < 64) {
         int g = tid / 8, r = tid % 8;
         float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
-        if (g < gq) {
-            kc_gn_part3 pt = cluster.map_shared_rank(part, r)[g];
+        if (g < gq && r < cs) {
+            kc_gn_part3 pt = cs > 1 ? cluster.map_shared_rank(part, r)[g] : part[g];
             cnt = pt.count, mean = pt.mean, m2 = pt.m2;
         }
         for (int o = 1; o < 8; o *= 2) {
@@ -328,7 +336,7 @@ __global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_TH
         if (g < gq && r == 0) gstat[g] = make_float2(mean, rsqrtf(m2 / cnt + eps));
     }
     // Done reading other blocks' shared memory: signal it now, wait for the others only at the end.
-    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+    if (cs > 1) asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
     __syncthreads();
     if (active && np > 0) {
         float a[8], b[8];
@@ -349,34 +357,54 @@ __global__ void __cluster_dims__(KC_GN_CLUSTER, 1, 1) __launch_bounds__(KC_GN_TH
             *(uint4 *)&y[base + (size_t)p * C] = kc_pack8<T>(f);
         }
     }
-    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");  // no block leaves while read
+    if (cs > 1) asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");  // no block leaves while read
 #endif
 }
 
 static int kc_gcd(int a, int b) { return b ? kc_gcd(b, a % b) : a; }
 
-// Launches the one-kernel form when it applies; *done = 0 when it does not (older GPU, too large).
-template <typename T>
-static int kc_gn_cluster_launch(cudaStream_t s, int cc_major, const kc_gn_args *g, int *done) {
+// Channels per cluster (lcm(cpg, 8)) and the shared memory a block of a cs-block cluster needs.
+static int kc_gn_chunk(int C, int G) {
+    int cpg = C / G;
+    return cpg / kc_gcd(cpg, 8) * 8;
+}
+static size_t kc_gn_cluster_smem(const kc_gn_args *g, int cs) {
+    return (size_t)((g->P + cs - 1) / cs) * kc_gn_chunk(g->C, g->G) * 2;
+}
+
+int kc_gn_cluster_sizes(int cc_major, const kc_gn_args *g, int sizes[4]) {
+    int n = 0, chunk = kc_gn_chunk(g->C, g->G);
+    bool nhwc = g->sc == 1 && g->sp == g->C && g->sn == (long long)g->P * g->C;
+    if (cc_major < 9 || !nhwc || g->C % 8 || chunk > KC_GN_MAX_CHUNK || g->C % chunk) return 0;
+    for (int cs = 1; cs <= KC_GN_MAX_CLUSTER; cs *= 2)
+        if (kc_gn_cluster_smem(g, cs) <= kc_gn_smem_limit) sizes[n++] = cs;
+    return n;
+}
+
+// Launches the one-kernel form with clusters of cs blocks.
+template <typename T> static int kc_gn_cluster_launch(cudaStream_t s, const kc_gn_args *g, int cs) {
     static int smem_set;  // the opt-in above 48 KiB of dynamic shared memory, once per element type
-    *done = 0;
-    int C = g->C, P = g->P, cpg = C / g->G, chunk = cpg / kc_gcd(cpg, 8) * 8, ch8p = 1;
+    int C = g->C, cpg = C / g->G, chunk = kc_gn_chunk(C, g->G), ch8p = 1;
     while (ch8p < chunk / 8) ch8p *= 2;
-    size_t smem = (size_t)((P + KC_GN_CLUSTER - 1) / KC_GN_CLUSTER) * chunk * sizeof(T);
-    if (cc_major < 9 || chunk > KC_GN_MAX_CHUNK || C % chunk || smem > kc_gn_cluster_smem_limit ||
-        getenv("KILN_CUDA_GN_SPLIT"))
-        return 0;
-    if (!smem_set) {
+    size_t smem = kc_gn_cluster_smem(g, cs);
+    if (smem > (48u << 10) && !smem_set) {
         KC_CUDA(cudaFuncSetAttribute(kc_gn_cluster_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     (int)kc_gn_cluster_smem_limit));
+                                     (int)kc_gn_smem_limit));
         smem_set = 1;
     }
-    dim3 grid((unsigned)(C / chunk * KC_GN_CLUSTER), (unsigned)g->N);
-    kc_gn_cluster_kernel<T><<<grid, KC_GN_THREADS, smem, s>>>((const T *)g->x, (const T *)g->add, g->ld_add,
-                                                                (T *)g->y, g->gamma, g->beta, C, P, cpg, chunk, ch8p,
-                                                                g->eps, g->silu);
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    cfg.gridDim = dim3((unsigned)(C / chunk * cs), (unsigned)g->N);
+    cfg.blockDim = dim3(KC_GN_THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)cs, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = cs > 1 ? 1 : 0;
+    KC_CUDA(cudaLaunchKernelEx(&cfg, kc_gn_cluster_kernel<T>, (const T *)g->x, (const T *)g->add, g->ld_add,
+                               (T *)g->y, g->gamma, g->beta, C, g->P, cpg, chunk, ch8p, cs, g->eps, g->silu));
     KC_LAUNCHED("group_norm_cluster");
-    *done = 1;
     return 0;
 }
 
@@ -386,10 +414,11 @@ template <typename T> static int kc_group_norm_t(cudaStream_t s, int cc_major, c
     T *y = (T *)g->y;
     bool nhwc = g->sc == 1 && g->sp == C && g->sn == (long long)P * C;
     bool vec = nhwc && C % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0;
-    if (vec) {
-        int done = 0;
-        KILN_TRY(kc_gn_cluster_launch<T>(s, cc_major, g, &done));
-        if (done) return 0;
+    if (vec && g->cluster >= 0 && !getenv("KILN_CUDA_GN_SPLIT")) {  // one kernel, when it applies
+        int sizes[4], n = kc_gn_cluster_sizes(cc_major, g, sizes), cs = 0;
+        for (int i = 0; i < n; i++)
+            if (sizes[i] == g->cluster || !g->cluster) cs = sizes[i];  // 0: the largest (most blocks)
+        if (cs) return kc_gn_cluster_launch<T>(s, g, cs);
     }
     if (vec && C8 <= 512 && partials) {
         int PR = C8 >= 256 ? 1 : 256 / C8, threads = C8 * PR;

@@ -110,6 +110,32 @@ static int kc_attention_tune(kiln_compiled *c, kc_step *st, kc_attn_call *a) {
     return 0;
 }
 
+// GroupNorm's forms (one kernel with clusters of 1..8 blocks, or three kernels) are timed on the
+// step's own shapes; the fastest is kept.
+typedef struct kc_gn_call { kc_libs *L; kc_gn_args g; void *scratch; } kc_gn_call;
+static int kc_gn_launch_timed(void *ctx) {
+    kc_gn_call *a = (kc_gn_call *)ctx;
+    return kc_group_norm(a->L->stream, a->L->dtype, a->L->cc_major, &a->g, a->scratch);
+}
+static int kc_group_norm_tune(kc_libs *L, const kc_gn_args *g, void *scratch, kc_step *st) {
+    int sizes[5] = {-1}, n = 1 + kc_gn_cluster_sizes(L->cc_major, g, sizes + 1);
+    kc_gn_call a = {L, *g, scratch};
+    st->gn_cluster = 0, st->gn_ms = 3.4e38f;
+    const char *force = getenv("KILN_CUDA_GN_CLUSTER");  // tests: this cluster size wherever it fits
+    if (force) {
+        for (int i = 1; i < n; i++)
+            if (sizes[i] == atoi(force)) st->gn_cluster = sizes[i];
+        return 0;
+    }
+    for (int i = 0; i < n && n > 1; i++) {
+        float ms = 0;
+        a.g.cluster = sizes[i];
+        KILN_TRY(kc_time_launches(L->stream, kc_gn_launch_timed, &a, &ms));
+        if (ms < st->gn_ms) st->gn_ms = ms, st->gn_cluster = sizes[i];
+    }
+    return 0;
+}
+
 // tune = 1 at compile time: prepares (and times) library calls instead of only launching.
 int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
     const kiln_plan *p = c->plan;

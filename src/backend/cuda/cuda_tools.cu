@@ -35,6 +35,11 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
                     st->conv.N,
                     st->conv.C, st->conv.H, st->conv.W, st->conv.O, st->conv.kh, st->conv.stride, op->label,
                     st->residual >= 0 ? " +residual" : "");
+        else if (op->kind == KILN_OP_GROUP_NORM)
+            fprintf(f, "op %4d gnorm  %-6s %8.3f ms  %s%s\n", st->op,
+                    st->gn_cluster < 0 ? "3-kern" : st->gn_cluster == 1 ? "1 blk" : st->gn_cluster == 2 ? "clus 2"
+                    : st->gn_cluster == 4 ? "clus 4" : st->gn_cluster == 8 ? "clus 8" : "auto",
+                    st->gn_ms < 1e30f ? st->gn_ms : -1.0f, op->label, st->gn_add >= 0 ? " +time embedding" : "");
         else if (st->has_gemm)
             fprintf(f, "op %4d linear %-6s %8.3f ms  M %d N %d K %d  %s%s%s\n", st->op, "lt", st->gemm.best_ms,
                     st->gemm.M, st->gemm.N, st->gemm.K, op->label, st->residual >= 0 ? " +residual" : "",

@@ -41,7 +41,7 @@ typedef __half kc_half;
                               (int)kc_s_);                                                            \
     } while (0)
 // After a kernel launch: reports a bad launch configuration at once.
-#define KC_LAUNCHED(what) KC_CUDA(cudaPeekAtLastError())
+#define KC_LAUNCHED(what) KC_CUDA(cudaGetLastError())  /* and clears it: one refused launch must not fail the next */
 
 extern "C" int kiln_cuda_check_device(int device, char *name, size_t name_size, int *cc_major, int *cc_minor);
 

@@ -219,7 +219,7 @@ __global__ void kc_gn_generic_kernel(const T *x, const T *add, long long lda, T 
 #define KC_GN_MAX_CHUNK 256 // channels per cluster at most (32 octets: one warp row)
 #define KC_GN_MAX_CLUSTER 8 // blocks per cluster at most (the portable limit)
 #define KC_GN_BATCH 4       // loads a thread issues before it waits on any
-static const size_t kc_gn_smem_limit = 160u << 10;  // per block, of the H100's 227 KiB
+static const size_t kc_gn_smem_limit = 96u << 10;  // per block (two blocks per SM still fit)
 
 typedef struct kc_gn_part3 { float count, mean, m2; } kc_gn_part3;
 
@@ -402,9 +402,13 @@ template <typename T> static int kc_gn_cluster_launch(cudaStream_t s, const kc_g
     attr[0].val.clusterDim.x = (unsigned)cs, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = cs > 1 ? 1 : 0;
-    KC_CUDA(cudaLaunchKernelEx(&cfg, kc_gn_cluster_kernel<T>, (const T *)g->x, (const T *)g->add, g->ld_add,
-                               (T *)g->y, g->gamma, g->beta, C, g->P, cpg, chunk, ch8p, cs, g->eps, g->silu));
-    KC_LAUNCHED("group_norm_cluster");
+    cudaError_t e = cudaLaunchKernelEx(&cfg, kc_gn_cluster_kernel<T>, (const T *)g->x, (const T *)g->add, g->ld_add,
+                                       (T *)g->y, g->gamma, g->beta, C, g->P, cpg, chunk, ch8p, cs, g->eps, g->silu);
+    if (e != cudaSuccess) {
+        cudaGetLastError();  // a refused launch must not poison the launches after it
+        return kiln_error(KILN_EBACKEND, "group norm: %d-block clusters with %zu bytes of shared memory: %s", cs,
+                          smem, cudaGetErrorString(e));
+    }
     return 0;
 }
 

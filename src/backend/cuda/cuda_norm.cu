@@ -387,7 +387,7 @@ template <typename T> static int kc_gn_cluster_launch(cudaStream_t s, const kc_g
     int C = g->C, cpg = C / g->G, chunk = kc_gn_chunk(C, g->G), ch8p = 1;
     while (ch8p < chunk / 8) ch8p *= 2;
     size_t smem = kc_gn_cluster_smem(g, cs);
-    if (smem > (48u << 10) && !smem_set) {
+    if (!smem_set) {  // before any launch: the kernel's static shared memory counts against the default 48 KiB
         KC_CUDA(cudaFuncSetAttribute(kc_gn_cluster_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      (int)kc_gn_smem_limit));
         smem_set = 1;

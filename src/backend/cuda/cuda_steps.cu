@@ -206,6 +206,8 @@ int kc_run_step(kiln_compiled *c, kc_step *st, int tune) {
         long long P = kiln_slot_numel(sx) / ((long long)g.N * g.C);
         g.P = (int)P, g.sn = (long long)g.C * P, g.sc = sx->ndim == 4 ? 1 : P, g.sp = sx->ndim == 4 ? g.C : 1;
         g.eps = op->eps, g.silu = op->act == KILN_ACT_SILU;
+        if (tune) KILN_TRY(kc_group_norm_tune(L, &g, c->scratch, st));
+        g.cluster = st->gn_cluster;
         return kc_group_norm(s, dt, L->cc_major, &g, c->scratch);
     }
     case KILN_OP_LAYER_NORM: {

@@ -621,13 +621,14 @@ int main(void) {
     RUN(rerun_inputs);
     RUN(errors);
     /* GroupNorm once more in its three-kernel form (what GPUs before sm_90 and large maps use), and
-     * in its one-kernel form with each cluster size (the tuner picks one per shape) */
+     * in its one-kernel form with each cluster size and its two-kernel form (the tuner picks one per
+     * shape) */
     setenv("KILN_CUDA_GN_SPLIT", "1", 1);
     RUN(group_norm);
     RUN(resnet_block);
     unsetenv("KILN_CUDA_GN_SPLIT");
-    static const char *cluster_sizes[] = {"1", "2", "4", "8"};
-    for (int i = 0; i < 4; i++) {
+    static const char *cluster_sizes[] = {"1", "2", "4", "8", "-2"};  /* -2: the two-kernel form */
+    for (int i = 0; i < 5; i++) {
         setenv("KILN_CUDA_GN_CLUSTER", cluster_sizes[i], 1);
         RUN(group_norm);
         RUN(resnet_block);

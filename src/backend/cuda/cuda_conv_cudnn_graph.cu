@@ -36,8 +36,8 @@
 static const size_t kg_workspace_limit = 64u << 20;
 
 enum {
-    KG_MAX_CONFIGS = 16,  // engine configurations asked of the heuristics per graph and mode
-    KG_MAX_TIMED = 8,     // plans timed per graph
+    KG_MAX_CONFIGS = 24,  // engine configurations asked of the heuristics per graph and mode
+    KG_MAX_TIMED = 16,    // plans timed per graph
     KG_MAX_RTC = 2,       // runtime-compiled plans per graph (each compiles a kernel: ~0.1-1 s)
     KG_MAX_DESCS = 16,    // descriptors of one operation graph (11 at most are made)
     KG_MAX_KNOBS = 16,

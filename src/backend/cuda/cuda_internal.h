@@ -158,7 +158,7 @@ typedef struct kc_gn_args {
     int N, C, P, G, silu;
     float eps;
     int cluster;            // one-kernel form: blocks per cluster (1..8), 0 = the largest that fits;
-                            // -1 = the three-kernel form
+                            // -1 = three kernels (statistics, merge, apply), -2 = two (the apply merges)
 } kc_gn_args;
 // The cluster sizes the one-kernel form can use for g on this GPU (none before sm_90 or for
 // layouts it does not handle); the tuner times each.

@@ -134,16 +134,37 @@ __global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, 
 // Same thread layout as the statistics: each thread folds mean, 1/std, gamma and beta of its 8
 // channels into y = x * a + b once, then streams pixels. grid (pixel chunks, N).
 template <typename T>
-__global__ void kc_gn_apply_kernel(const T *x, const T *add, long long lda, T *y, const float *gamma, const float *beta, int C, int P,
-                                   int G, int silu, const float2 *stats, int pixels_per_block) {
+// part != NULL (the two-kernel form): the block first merges the S partials of each of image n's
+// groups itself (a warp per group) instead of reading a finalize kernel's stats.
+__global__ void kc_gn_apply_kernel(const T *x, const T *add, long long lda, T *y, const float *gamma,
+                                   const float *beta, int C, int P, int G, int silu, const float2 *stats,
+                                   int pixels_per_block, const kc_gn_partial *part, int S, float eps) {
+    extern __shared__ float2 kc_gn_merged[];  // [G], the two-kernel form only
     const int C8 = C / 8, PR = blockDim.x / C8, j = threadIdx.x % C8, pr = threadIdx.x / C8;
     const int n = blockIdx.y, cpg = C / G;
+    if (part) {
+        const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+        for (int g = warp; g < G; g += warps) {
+            float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
+            for (int sp = lane; sp < S; sp += 32) {
+                kc_gn_partial q = part[((size_t)n * S + sp) * G + g];
+                kc_chan_merge(cnt, mean, m2, q.count, q.mean, q.m2);
+            }
+            for (int o = 16; o; o >>= 1) {
+                float c2 = __shfl_xor_sync(0xffffffffu, cnt, o), mean2 = __shfl_xor_sync(0xffffffffu, mean, o);
+                float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
+                kc_chan_merge(cnt, mean, m2, c2, mean2, m22);
+            }
+            if (lane == 0) kc_gn_merged[g] = make_float2(mean, rsqrtf(m2 / cnt + eps));
+        }
+        __syncthreads();
+    }
     float a[8], b[8], ad[8];
     kc_gn_load_add<T>(add, lda, n, j * 8, true, ad);
 #pragma unroll
     for (int e = 0; e < 8; e++) {
         int c = j * 8 + e;
-        float2 st = stats[n * G + c / cpg];
+        float2 st = part ? kc_gn_merged[c / cpg] : stats[n * G + c / cpg];
         a[e] = st.y * gamma[c];
         b[e] = beta[c] - st.x * a[e];
     }
@@ -432,12 +453,17 @@ template <typename T> static int kc_group_norm_t(cudaStream_t s, int cc_major, c
         size_t smem = (size_t)(2 * PR + 1) * C * sizeof(float);
         kc_gn_stats_kernel<T><<<dim3(S, N), threads, smem, s>>>(x, add, g->ld_add, C, P, G, S, part);
         KC_LAUNCHED("group_norm_stats");
-        int warps = N * G;
-        kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, g->eps);
-        KC_LAUNCHED("group_norm_finalize");
-        int ppb = PR * ((long long)N * P * C8 >= 65536 ? 8 : 2);  // pixels per block: fewer on small maps
-        kc_gn_apply_kernel<T><<<dim3((P + ppb - 1) / ppb, N), threads, 0, s>>>(x, add, g->ld_add, y, g->gamma,
-                                                                               g->beta, C, P, G, g->silu, stats, ppb);
+        const bool merge_in_apply = g->cluster == -2;  // two kernels: each apply block merges the partials
+        if (!merge_in_apply) {
+            int warps = N * G;
+            kc_gn_finalize_kernel<<<(warps + 7) / 8, 256, 0, s>>>(part, stats, warps, G, S, g->eps);
+            KC_LAUNCHED("group_norm_finalize");
+        }
+        // pixels per block: fewer on small maps; more when every block merges the partials itself
+        int ppb = PR * ((long long)N * P * C8 >= 65536 ? (merge_in_apply ? 32 : 8) : 2);
+        kc_gn_apply_kernel<T><<<dim3((P + ppb - 1) / ppb, N), threads, merge_in_apply ? G * sizeof(float2) : 0, s>>>(
+            x, add, g->ld_add, y, g->gamma, g->beta, C, P, G, g->silu, stats, ppb, merge_in_apply ? part : NULL, S,
+            g->eps);
         KC_LAUNCHED("group_norm_apply");
         return 0;
     }

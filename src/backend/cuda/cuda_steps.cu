@@ -118,16 +118,16 @@ static int kc_gn_launch_timed(void *ctx) {
     return kc_group_norm(a->L->stream, a->L->dtype, a->L->cc_major, &a->g, a->scratch);
 }
 static int kc_group_norm_tune(kc_libs *L, const kc_gn_args *g, void *scratch, kc_step *st) {
-    int sizes[5] = {-1}, n = 1 + kc_gn_cluster_sizes(L->cc_major, g, sizes + 1);
+    int sizes[6] = {-1, -2}, n = 2 + kc_gn_cluster_sizes(L->cc_major, g, sizes + 2);
     kc_gn_call a = {L, *g, scratch};
     st->gn_cluster = 0, st->gn_ms = 3.4e38f;
     const char *force = getenv("KILN_CUDA_GN_CLUSTER");  // tests: this cluster size wherever it fits
     if (force) {
-        for (int i = 1; i < n; i++)
+        for (int i = 0; i < n; i++)
             if (sizes[i] == atoi(force)) st->gn_cluster = sizes[i];
         return 0;
     }
-    for (int i = 0; i < n && n > 1; i++) {
+    for (int i = 0; i < n; i++) {
         float ms = 0;
         a.g.cluster = sizes[i];
         if (kc_time_launches(L->stream, kc_gn_launch_timed, &a, &ms) != 0) {  // this form cannot run here

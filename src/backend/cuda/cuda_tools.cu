@@ -37,7 +37,7 @@ void kiln_cuda_describe(const kiln_compiled *c, FILE *f) {
                     st->residual >= 0 ? " +residual" : "");
         else if (op->kind == KILN_OP_GROUP_NORM)
             fprintf(f, "op %4d gnorm  %-6s %8.3f ms  %s%s\n", st->op,
-                    st->gn_cluster < 0 ? "3-kern" : st->gn_cluster == 1 ? "1 blk" : st->gn_cluster == 2 ? "clus 2"
+                    st->gn_cluster == -1 ? "3-kern" : st->gn_cluster == -2 ? "2-kern" : st->gn_cluster == 1 ? "1 blk" : st->gn_cluster == 2 ? "clus 2"
                     : st->gn_cluster == 4 ? "clus 4" : st->gn_cluster == 8 ? "clus 8" : "auto",
                     st->gn_ms < 1e30f ? st->gn_ms : -1.0f, op->label, st->gn_add >= 0 ? " +time embedding" : "");
         else if (st->has_gemm)

@@ -74,6 +74,70 @@ static int kc_cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+// Median time of one algorithm: 2 warm-up runs, then 5 measurements of 8 back-to-back runs (one
+// run alone would mostly measure the launch). FLT_MAX when it does not run.
+static float kc_gemm_time(kc_libs *libs, const kc_gemm *g, const cublasLtMatmulAlgo_t *algo, const kc_half *X,
+                          const kc_half *W, const kc_half *bias, const kc_half *R, kc_half *Y, void *ws,
+                          size_t ws_size) {
+    cudaEvent_t e0, e1;
+    if (cudaEventCreate(&e0) != cudaSuccess) return FLT_MAX;
+    if (cudaEventCreate(&e1) != cudaSuccess) {
+        cudaEventDestroy(e0);
+        return FLT_MAX;
+    }
+    int ok = 1;
+    float t[5];
+    for (int r = 0; r < 2 && ok; r++) ok = kc_gemm_launch(libs, g, algo, X, W, bias, R, Y, ws, ws_size) == 0;
+    for (int r = 0; r < 5 && ok; r++) {
+        cudaEventRecord(e0, libs->stream);
+        for (int k = 0; k < 8 && ok; k++) ok = kc_gemm_launch(libs, g, algo, X, W, bias, R, Y, ws, ws_size) == 0;
+        cudaEventRecord(e1, libs->stream);
+        cudaEventSynchronize(e1);
+        cudaEventElapsedTime(&t[r], e0, e1);
+        t[r] /= 8.0f;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    if (!ok) {
+        kiln_error_clear();
+        cudaGetLastError();
+        return FLT_MAX;
+    }
+    qsort(t, 5, sizeof t[0], kc_cmp_float);
+    return t[2];
+}
+
+// Turns algo into its split-K form with `splits` slices of K (partial sums reduced in fp32), if
+// the algorithm supports that for this GEMM; *ws_need: the workspace it then needs.
+static int kc_gemm_split_k(kc_libs *libs, const kc_gemm *g, cublasLtMatmulAlgo_t *algo, int splits, size_t *ws_need) {
+    int32_t supported = 0;
+    uint32_t schemes = 0;
+    size_t written = 0;
+    if (cublasLtMatmulAlgoCapGetAttribute(algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &supported, sizeof supported,
+                                          &written) != CUBLAS_STATUS_SUCCESS ||
+        !supported)
+        return -1;
+    if (cublasLtMatmulAlgoCapGetAttribute(algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes,
+                                          &written) != CUBLAS_STATUS_SUCCESS)
+        return -1;
+    uint32_t scheme = (schemes & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) ? CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
+                      : (schemes & CUBLASLT_REDUCTION_SCHEME_INPLACE) ? CUBLASLT_REDUCTION_SCHEME_INPLACE
+                                                                      : CUBLASLT_REDUCTION_SCHEME_NONE;
+    int32_t n = splits;
+    if (scheme == CUBLASLT_REDUCTION_SCHEME_NONE ||
+        cublasLtMatmulAlgoConfigSetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &n, sizeof n) !=
+            CUBLAS_STATUS_SUCCESS ||
+        cublasLtMatmulAlgoConfigSetAttribute(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof scheme) !=
+            CUBLAS_STATUS_SUCCESS)
+        return -1;
+    cublasLtMatmulHeuristicResult_t check;
+    if (cublasLtMatmulAlgoCheck(libs->lt, g->desc, g->la, g->lb, g->lc, g->lc, algo, &check) != CUBLAS_STATUS_SUCCESS ||
+        check.state != CUBLAS_STATUS_SUCCESS)
+        return -1;
+    *ws_need = check.workspaceSize;
+    return 0;
+}
+
 int kc_gemm_init(kc_libs *libs, kc_gemm *g, int M, int N, int K, int ldx, int ldy, int has_bias, int has_residual,
                  const kc_half *X, const kc_half *W, const kc_half *bias, const kc_half *R, kc_half *Y, void *ws,
                  size_t ws_size) {
@@ -119,41 +183,35 @@ int kc_gemm_init(kc_libs *libs, kc_gemm *g, int M, int N, int K, int ldx, int ld
         return kiln_error(KILN_EBACKEND, "cuBLASLt has no algorithm for GEMM M=%d N=%d K=%d (status %d)", M, N, K,
                           (int)st);
 
-    // Time each candidate: 2 warm-up runs, then the median of 5 measurements of 8 back-to-back
-    // runs each (one run alone would mostly measure the launch, not the kernel).
-    cudaEvent_t e0, e1;
-    KC_CUDA(cudaEventCreate(&e0));
-    KC_CUDA(cudaEventCreate(&e1));
+    // Time each candidate (kc_gemm_time); when the output has fewer 128x128 tiles than the GPU has
+    // SMs (8x8 latents, the mid block), also the best few with the K dimension split: cuBLASLt's
+    // heuristics rarely offer split-K there, and without it most SMs would idle.
     int best = -1;
+    cublasLtMatmulAlgo_t best_algo;
+    size_t best_ws = 0;
     float best_ms = FLT_MAX;
     for (int i = 0; i < n_res; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
-        int ok = 1;
-        float t[5];
-        for (int r = 0; r < 2 && ok; r++)
-            ok = kc_gemm_launch(libs, g, &res[i].algo, X, W, bias, R, Y, ws, ws_limit) == 0;
-        for (int r = 0; r < 5 && ok; r++) {
-            cudaEventRecord(e0, libs->stream);
-            for (int k = 0; k < 8 && ok; k++)
-                ok = kc_gemm_launch(libs, g, &res[i].algo, X, W, bias, R, Y, ws, ws_limit) == 0;
-            cudaEventRecord(e1, libs->stream);
-            cudaEventSynchronize(e1);
-            cudaEventElapsedTime(&t[r], e0, e1);
-            t[r] /= 8.0f;
-        }
-        if (!ok) {
-            kiln_error_clear();
-            continue;
-        }
-        qsort(t, 5, sizeof t[0], kc_cmp_float);
-        if (t[2] < best_ms) best_ms = t[2], best = i;
+        float t = kc_gemm_time(libs, g, &res[i].algo, X, W, bias, R, Y, ws, ws_limit);
+        if (t < best_ms) best_ms = t, best = i, best_algo = res[i].algo, best_ws = res[i].workspaceSize;
     }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    long long tiles = (long long)((M + 127) / 128) * ((N + 127) / 128);
+    for (int i = 0, tried = 0; i < n_res && tried < 4 && tiles < libs->sm_count && K >= 1024; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+        tried++;
+        static const int splits[] = {2, 4, 8, 16};
+        for (int k = 0; k < 4 && K / splits[k] >= 256; k++) {
+            cublasLtMatmulAlgo_t algo = res[i].algo;
+            size_t ws_need = 0;
+            if (kc_gemm_split_k(libs, g, &algo, splits[k], &ws_need) != 0 || ws_need > ws_limit) continue;
+            float t = kc_gemm_time(libs, g, &algo, X, W, bias, R, Y, ws, ws_limit);
+            if (t < best_ms) best_ms = t, best = i, best_algo = algo, best_ws = ws_need;
+        }
+    }
     KC_CUDA(cudaStreamSynchronize(libs->stream));
     if (best < 0) return kiln_error(KILN_EBACKEND, "no cuBLASLt algorithm ran for GEMM M=%d N=%d K=%d", M, N, K);
-    g->algo = res[best].algo;
-    g->workspace = res[best].workspaceSize;
+    g->algo = best_algo;
+    g->workspace = best_ws;
     g->best_ms = best_ms;
     kc_gemm_remember(libs, g, aligned);
     return 0;

@@ -16,7 +16,7 @@ for b in kiln test_cuda_ops test_cuda_nets test_cuda_pipeline cuda_bench cuda_un
   strip -o .gpu/$b build-gpu/$b && gzip -f .gpu/$b
 done
 for f in model.safetensors manifest.json text_encoder.safetensors unet.safetensors vae.safetensors \
-  "$fixtures"/tiny-sd15/txt2img_*.safetensors; do
+  "$fixtures"/tiny-sd15/txt2img_*.safetensors "$fixtures"/tiny-sd15/img2img_*.safetensors; do
   f=$(basename "$f")
   [ -f .gpu/fixtures/tiny-sd15/$f ] || cp "$fixtures/tiny-sd15/$f" .gpu/fixtures/tiny-sd15/
 done

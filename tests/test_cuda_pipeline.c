@@ -14,6 +14,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "pipeline/img2img.h"
 #include "pipeline/txt2img.h"
 #include "fixture_cases.h"
 #include "test.h"
@@ -40,6 +41,48 @@ static int generate(kiln_ctx *ctx, json_t *c, uint8_t *rgb) {
     if (rc == 0) rc = kiln_decode_latents(ctx, lat, 1, 8, 8, NULL, rgb);
     if (rc) fprintf(stderr, "generate: %s\n", kiln_last_error());
     return rc;
+}
+
+/* img2img (the fixture's init image through the VAE encoder plan, then sampling and decoding) on one
+ * context; the decoded image in rgb. */
+static int img2img(kiln_ctx *ctx, json_t *c, kiln_st_file *f, uint8_t *rgb) {
+    kiln_gen_params p;
+    fixture_gen_params(c, &p);
+    p.denoising_strength = json_number_value(json_object_get(c, "denoising"));
+    const kiln_st_tensor *init = kiln_st_find(f, "init_image_u8");
+    if (!init) return kiln_error(KILN_EINVAL, "fixture has no init_image_u8");
+    p.init_rgb = (const uint8_t *)init->data;
+    p.init_width = p.init_height = 64;
+    float samples[256];
+    uint8_t composed[64 * 64 * 3];
+    kiln_img2img_out out = {.samples = samples, .decoded = rgb};
+    int64_t seed = p.seed, sub = 0;
+    int rc = kiln_img2img_batch(ctx, &p, &seed, &sub, 1, 0, NULL, NULL, NULL, composed, &out, NULL);
+    if (rc) fprintf(stderr, "img2img: %s\n", kiln_last_error());
+    return rc;
+}
+
+TEST(img2img_cuda_vs_cpu) {
+    json_t *runs = json_object_get(json_object_get(json_object_get(manifest, "cases"), "img2img"), "runs");
+    size_t i;
+    json_t *c;
+    json_array_foreach(runs, i, c) {
+        const char *name = json_string_value(json_object_get(c, "name"));
+        char rel[256];
+        snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
+        kiln_st_file *f = NULL;
+        if (kiln_st_open(test_fixture(rel), &f) != 0) {
+            CHECK_MSG(0, "%s: %s", name, kiln_last_error());
+            continue;
+        }
+        uint8_t a[64 * 64 * 3], b[64 * 64 * 3];
+        CHECK(img2img(cpu, c, f, a) == 0);
+        CHECK(img2img(gpu, c, f, b) == 0);
+        double p = psnr(a, b, sizeof a);
+        printf("  %-26s img2img CUDA vs CPU PSNR %.1f dB\n", name, p);
+        CHECK_MSG(p >= PSNR_MIN, "%s: %.1f dB", name, p);
+        kiln_st_close(f);
+    }
 }
 
 TEST(txt2img_cuda_vs_cpu) {
@@ -128,6 +171,7 @@ int main(void) {
         return 1;
     }
     RUN(txt2img_cuda_vs_cpu);
+    RUN(img2img_cuda_vs_cpu);
     kiln_ctx_options ob = og;
     ob.precision = "bf16";
     if (kiln_ctx_create(model, &ob, &gpu_bf16) == 0) {

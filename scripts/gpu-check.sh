@@ -52,7 +52,7 @@ if [ -x "$bin/cuda_unet_bench" ]; then
 fi
 [ -x "$bin/cuda_bench" ] && { "$bin/cuda_bench" >"$out/kernels.log" 2>&1 || status=1; }
 # GroupNorm in its three-kernel form (GPUs before sm_90, large maps), for comparison
-[ -x "$bin/cuda_bench" ] && KILN_CUDA_GN_SPLIT=1 "$bin/cuda_bench" groupnorm >"$out/kernels_gn_split.log" 2>&1
+[ -x "$bin/cuda_bench" ] && KILN_CUDA_GN_CLUSTER=-1 "$bin/cuda_bench" groupnorm >"$out/kernels_gn_split.log" 2>&1
 
 # kiln bench on a random SD 1.5 checkpoint
 model=${KILN_BENCH_MODEL:-/tmp/kiln-sd15-random.safetensors}

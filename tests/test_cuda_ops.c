@@ -591,21 +591,10 @@ TEST(errors) {
     kiln_backend_destroy(be);
 }
 
-int main(void) {
-    /* without a GPU (or a build without CUDA, where the entry point reports so) the test is skipped */
-    g_verbose = getenv("KILN_TEST_VERBOSE") != NULL;
-    int no_cudnn_given = getenv("KILN_CUDA_NO_CUDNN") != NULL;
-    if (kiln_backend_cuda_create_ex(0, 0, &g_gpu) != 0) {
-        printf("skipped: %s\n", kiln_last_error());
-        return 77;
-    }
-    if (kiln_backend_cpu_create(0, &g_cpu) != 0) {
-        fprintf(stderr, "cpu backend: %s\n", kiln_last_error());
-        return 1;
-    }
+/* Every op and op chain on g_gpu against the CPU backend. */
+static void run_every_op(void) {
     RUN(conv2d);
     RUN(conv2d_igemm);
-    RUN(conv2d_graph);
     RUN(linear);
     RUN(group_norm);
     RUN(layer_norm);
@@ -618,22 +607,37 @@ int main(void) {
     RUN(resnet_block);
     RUN(transformer_block);
     RUN(shared_input_linears);
-    RUN(rerun_inputs);
-    RUN(errors);
-    /* GroupNorm once more in its three-kernel form (what GPUs before sm_90 and large maps use), and
-     * in its one-kernel form with each cluster size and its two-kernel form (the tuner picks one per
-     * shape) */
-    setenv("KILN_CUDA_GN_SPLIT", "1", 1);
-    RUN(group_norm);
-    RUN(resnet_block);
-    unsetenv("KILN_CUDA_GN_SPLIT");
-    static const char *cluster_sizes[] = {"1", "2", "4", "8", "-2"};  /* -2: the two-kernel form */
-    for (int i = 0; i < 5; i++) {
-        setenv("KILN_CUDA_GN_CLUSTER", cluster_sizes[i], 1);
+}
+
+/* GroupNorm once more in each of its forms, whichever the tuner would pick: three kernels (what GPUs
+ * before sm_90 and large maps use), two kernels, one kernel with each cluster size. */
+static void run_group_norm_forms(void) {
+    static const char *forms[] = {"-1", "-2", "1", "2", "4", "8"};
+    for (int i = 0; i < 6; i++) {
+        setenv("KILN_CUDA_GN_CLUSTER", forms[i], 1);
         RUN(group_norm);
         RUN(resnet_block);
     }
     unsetenv("KILN_CUDA_GN_CLUSTER");
+}
+
+int main(void) {
+    /* without a GPU (or a build without CUDA, where the entry point reports so) the test is skipped */
+    g_verbose = getenv("KILN_TEST_VERBOSE") != NULL;
+    int no_cudnn_given = getenv("KILN_CUDA_NO_CUDNN") != NULL;
+    if (kiln_backend_cuda_create_ex(0, 0, &g_gpu) != 0) {
+        printf("skipped: %s\n", kiln_last_error());
+        return 77;
+    }
+    if (kiln_backend_cpu_create(0, &g_cpu) != 0) {
+        fprintf(stderr, "cpu backend: %s\n", kiln_last_error());
+        return 1;
+    }
+    run_every_op();
+    RUN(conv2d_graph);
+    RUN(rerun_inputs);
+    RUN(errors);
+    run_group_norm_forms();
     if (getenv("KILN_CUDA_NO_CUDNN") == NULL && getenv("KILN_CUDA_NO_CUDNN_GRAPH") == NULL) {
         /* the same convolutions with cuDNN's backend (graph) API forced wherever it runs (fused
          * bias/residual graph or plain graph + kernel; KILN_CUDA_DEBUG_CUDNN_GRAPH=1 shows which) */
@@ -709,24 +713,8 @@ int main(void) {
     g_bf16 = 1;
     if (!no_cudnn_given) unsetenv("KILN_CUDA_NO_CUDNN");
     if (kiln_backend_cuda_create_ex(0, 1, &g_gpu) == 0) {
-        RUN(conv2d);
-        RUN(conv2d_igemm);
-        RUN(linear);
-        RUN(group_norm);
-        RUN(layer_norm);
-        RUN(activations);
-        RUN(geglu);
-        RUN(attention);
-        RUN(layout_ops);
-        RUN(adds);
-        RUN(timestep_embed);
-        RUN(resnet_block);
-        RUN(transformer_block);
-        RUN(shared_input_linears);
-        setenv("KILN_CUDA_GN_SPLIT", "1", 1);  /* GroupNorm's three-kernel form in bf16 too */
-        RUN(group_norm);
-        RUN(resnet_block);
-        unsetenv("KILN_CUDA_GN_SPLIT");
+        run_every_op();
+        run_group_norm_forms();
         kiln_backend_destroy(g_gpu);
         g_gpu = NULL;
     } else {

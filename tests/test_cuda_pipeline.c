@@ -85,40 +85,13 @@ TEST(img2img_cuda_vs_cpu) {
     }
 }
 
-TEST(txt2img_cuda_vs_cpu) {
-    json_t *cases = json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases");
-    size_t i;
-    json_t *c;
-    json_array_foreach(cases, i, c) {
-        const char *name = json_string_value(json_object_get(c, "name"));
-        uint8_t a[64 * 64 * 3], b[64 * 64 * 3];
-        CHECK(generate(cpu, c, a) == 0);
-        CHECK(generate(gpu, c, b) == 0);
-        char rel[256];
-        snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
-        kiln_st_file *f = NULL;
-        double vs_fixture = 0;
-        if (kiln_st_open(test_fixture(rel), &f) == 0) {
-            const kiln_st_tensor *u8 = kiln_st_find(f, "image_u8");
-            if (u8) vs_fixture = psnr(b, u8->data, sizeof b);
-            kiln_st_close(f);
-        }
-        double p = psnr(a, b, sizeof a);
-        printf("  %-22s CUDA vs CPU PSNR %.1f dB, CUDA vs A1111 fixture %.1f dB\n", name, p, vs_fixture);
-        CHECK_MSG(p >= PSNR_MIN, "%s: %.1f dB", name, p);
-        CHECK_MSG(vs_fixture >= PSNR_MIN, "%s: %.1f dB vs fixture", name, vs_fixture);
-    }
-}
-
-TEST(txt2img_cuda_bf16) {
-    json_t *cases = json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases");
-    json_t *c = json_array_get(cases, 0);
-    CHECK(c != NULL);
-    if (!c) return;
+/* One txt2img fixture case on the CPU and on gpu_ctx: the decoded images against each other and the
+ * GPU's against A1111's fixture PNG, both within min_db. */
+static void compare_txt2img(kiln_ctx *gpu_ctx, json_t *c, const char *tag, double min_db) {
     const char *name = json_string_value(json_object_get(c, "name"));
     uint8_t a[64 * 64 * 3], b[64 * 64 * 3];
     CHECK(generate(cpu, c, a) == 0);
-    CHECK(generate(gpu_bf16, c, b) == 0);
+    CHECK(generate(gpu_ctx, c, b) == 0);
     char rel[256];
     snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(c, "file")));
     kiln_st_file *f = NULL;
@@ -129,9 +102,25 @@ TEST(txt2img_cuda_bf16) {
         kiln_st_close(f);
     }
     double p = psnr(a, b, sizeof a);
-    printf("  %-22s bf16 CUDA vs CPU PSNR %.1f dB, bf16 CUDA vs A1111 fixture %.1f dB\n", name, p, vs_fixture);
-    CHECK_MSG(p >= PSNR_MIN_BF16, "%s bf16: %.1f dB", name, p);
-    CHECK_MSG(vs_fixture >= PSNR_MIN_BF16, "%s bf16: %.1f dB vs fixture", name, vs_fixture);
+    printf("  %-22s %sCUDA vs CPU PSNR %.1f dB, %sCUDA vs A1111 fixture %.1f dB\n", name, tag, p, tag, vs_fixture);
+    CHECK_MSG(p >= min_db, "%s %s: %.1f dB", name, tag, p);
+    CHECK_MSG(vs_fixture >= min_db, "%s %s: %.1f dB vs fixture", name, tag, vs_fixture);
+}
+
+static json_t *txt2img_cases(void) {
+    return json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases");
+}
+
+TEST(txt2img_cuda_vs_cpu) {
+    size_t i;
+    json_t *c;
+    json_array_foreach(txt2img_cases(), i, c) compare_txt2img(gpu, c, "", PSNR_MIN);
+}
+
+TEST(txt2img_cuda_bf16) {
+    json_t *c = json_array_get(txt2img_cases(), 0);
+    CHECK(c != NULL);
+    if (c) compare_txt2img(gpu_bf16, c, "bf16 ", PSNR_MIN_BF16);
 }
 
 /* kiln_ctx_options.precision: anything but fp16/bf16 is refused by name, and bf16 needs the cuda backend. */

@@ -235,65 +235,54 @@ static int kc_conv_launch(kc_libs *libs, const kc_conv *cv, const kc_half *x, co
     }
 }
 
-static int kc_cmp_ms(const void *a, const void *c) {
-    float p = *(const float *)a, q = *(const float *)c;
-    return (p > q) - (p < q);
+// One conv call as kc_time_launches wants it: the method cv names, or a cuDNN (legacy) state d.
+typedef struct kc_conv_call {
+    kc_libs *libs;
+    const kc_conv *cv;
+    const void *d;
+    const kc_half *x, *w, *b, *r;
+    kc_half *y;
+    void *scratch;
+} kc_conv_call;
+
+static int kc_conv_call_launch(void *ctx) {
+    const kc_conv_call *a = (const kc_conv_call *)ctx;
+#ifdef KILN_HAVE_CUDNN
+    if (a->d) return kc_cudnn_launch(a->libs, a->cv, (const kc_cudnn_state *)a->d, a->x, a->w, a->b, a->r, a->y, a->scratch);
+#endif
+    return kc_conv_launch(a->libs, a->cv, a->x, a->w, a->b, a->r, a->y, a->scratch);
 }
 
-// Median of 5 measurements of 4 back-to-back runs (after one warm-up run) of the method cv names.
+// The method cv names, timed (kc_time_launches).
 static int kc_time_method(kc_libs *libs, const kc_conv *cv, const kc_half *x, const kc_half *w, const kc_half *b,
                           const kc_half *r, kc_half *y, void *scratch, float *ms) {
-    cudaEvent_t e0, e1;
-    KC_CUDA(cudaEventCreate(&e0));
-    KC_CUDA(cudaEventCreate(&e1));
-    float t[5];
-    int rc = kc_conv_launch(libs, cv, x, w, b, r, y, scratch);
-    for (int i = 0; i < 5 && rc == 0; i++) {
-        cudaEventRecord(e0, libs->stream);
-        for (int k = 0; k < 4 && rc == 0; k++) rc = kc_conv_launch(libs, cv, x, w, b, r, y, scratch);
-        cudaEventRecord(e1, libs->stream);
-        if (cudaEventSynchronize(e1) != cudaSuccess) rc = kiln_error(KILN_EBACKEND, "conv timing: kernel failed");
-        cudaEventElapsedTime(&t[i], e0, e1);
-        t[i] /= 4.0f;
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    if (rc) return rc;
-    qsort(t, 5, sizeof t[0], kc_cmp_ms);
-    *ms = t[2];
-    return 0;
+    kc_conv_call a = {libs, cv, NULL, x, w, b, r, y, scratch};
+    return kc_time_launches(libs->stream, kc_conv_call_launch, &a, ms);
 }
 
 #ifdef KILN_HAVE_CUDNN
+// A cuDNN legacy configuration d, timed; FLT_MAX when it does not run.
 static float kc_time_cudnn(kc_libs *libs, const kc_conv *cv, const kc_cudnn_state *d, const kc_half *x,
                            const kc_half *w, const kc_half *bias, const kc_half *res, kc_half *y, void *ws) {
-    cudaEvent_t e0, e1;
-    if (cudaEventCreate(&e0) != cudaSuccess) return FLT_MAX;
-    if (cudaEventCreate(&e1) != cudaSuccess) return FLT_MAX;
-    float t[5] = {0}, result = FLT_MAX;
-    int ok = kc_cudnn_launch(libs, cv, d, x, w, bias, res, y, ws) == 0;
-    for (int r = 0; r < 5 && ok; r++) {  // 4 back-to-back runs per measurement: kernels, not launches
-        cudaEventRecord(e0, libs->stream);
-        for (int k = 0; k < 4 && ok; k++) ok = kc_cudnn_launch(libs, cv, d, x, w, bias, res, y, ws) == 0;
-        cudaEventRecord(e1, libs->stream);
-        cudaEventSynchronize(e1);
-        cudaEventElapsedTime(&t[r], e0, e1);
-        t[r] /= 4.0f;
+    kc_conv_call a = {libs, cv, d, x, w, bias, res, y, ws};
+    float ms = FLT_MAX;
+    if (kc_time_launches(libs->stream, kc_conv_call_launch, &a, &ms) != 0) {
+        cudaGetLastError();
+        kiln_error_clear();
+        return FLT_MAX;
     }
-    if (ok && cudaStreamSynchronize(libs->stream) == cudaSuccess) {
-        for (int i = 1; i < 5; i++)
-            for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
-                float tmp = t[j]; t[j] = t[j - 1]; t[j - 1] = tmp;
-            }
-        result = t[2];
-    }
-    cudaGetLastError();
-    kiln_error_clear();
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    return result;
+    return ms;
 }
 #endif
+
+// Frees the method chosen so far (its GEMM, its cuDNN state) when a later one wins.
+static void kc_conv_drop_choice(kc_conv *cv) {
+    kc_gemm_destroy(&cv->gemm);
+#ifdef KILN_HAVE_CUDNN
+    kc_cudnn_free((kc_cudnn_state *)cv->cudnn_state);
+#endif
+    cv->cudnn_state = NULL;
+}
 
 size_t kc_conv_scratch_bound(int N, int C, int H, int W, int O, int kh, int kw, int stride, int pad, int pad_end) {
     int Ho = (H + 2 * pad + pad_end - kh) / stride + 1, Wo = (W + 2 * pad + pad_end - kw) / stride + 1;
@@ -410,11 +399,7 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
             if (t < cv->igemm_ms) cv->igemm_ms = t, best_cfg = k;
         }
         if (best_cfg >= 0 && cv->igemm_ms < best) {
-            kc_gemm_destroy(&cv->gemm);
-#ifdef KILN_HAVE_CUDNN
-            kc_cudnn_free((kc_cudnn_state *)cv->cudnn_state);
-#endif
-            cv->cudnn_state = NULL;
+            kc_conv_drop_choice(cv);
             cv->method = KC_CONV_IGEMM;
             cv->igemm_cfg = best_cfg;
             cv->scratch = 0;
@@ -427,11 +412,7 @@ int kc_conv_init(kc_libs *libs, kc_conv *cv, int N, int C, int H, int W, int O, 
         KILN_TRY(kc_cudnn_graph_try(libs, cv, x, w, b, r, y, scratch, scratch_size, &g, &t));
         cv->cudnn_graph_ms = t;
         if (g && t < best) {
-            kc_gemm_destroy(&cv->gemm);
-#ifdef KILN_HAVE_CUDNN
-            kc_cudnn_free((kc_cudnn_state *)cv->cudnn_state);
-#endif
-            cv->cudnn_state = NULL;
+            kc_conv_drop_choice(cv);
             cv->method = KC_CONV_CUDNN_GRAPH;
             cv->cudnn_graph_state = g;
             cv->scratch = kc_cudnn_graph_workspace(g);

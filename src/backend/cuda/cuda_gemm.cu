@@ -69,42 +69,34 @@ void kc_gemm_forget_all(kc_libs *libs) {
     libs->n_tuned = libs->cap_tuned = 0;
 }
 
-static int kc_cmp_float(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
+// One algorithm's call as kc_time_launches wants it.
+typedef struct kc_gemm_call {
+    kc_libs *libs;
+    const kc_gemm *g;
+    const cublasLtMatmulAlgo_t *algo;
+    const kc_half *X, *W, *bias, *R;
+    kc_half *Y;
+    void *ws;
+    size_t ws_size;
+} kc_gemm_call;
+
+static int kc_gemm_call_launch(void *ctx) {
+    const kc_gemm_call *a = (const kc_gemm_call *)ctx;
+    return kc_gemm_launch(a->libs, a->g, a->algo, a->X, a->W, a->bias, a->R, a->Y, a->ws, a->ws_size);
 }
 
-// Median time of one algorithm: 2 warm-up runs, then 5 measurements of 8 back-to-back runs (one
-// run alone would mostly measure the launch). FLT_MAX when it does not run.
+// One algorithm, timed (kc_time_launches); FLT_MAX when it does not run.
 static float kc_gemm_time(kc_libs *libs, const kc_gemm *g, const cublasLtMatmulAlgo_t *algo, const kc_half *X,
                           const kc_half *W, const kc_half *bias, const kc_half *R, kc_half *Y, void *ws,
                           size_t ws_size) {
-    cudaEvent_t e0, e1;
-    if (cudaEventCreate(&e0) != cudaSuccess) return FLT_MAX;
-    if (cudaEventCreate(&e1) != cudaSuccess) {
-        cudaEventDestroy(e0);
-        return FLT_MAX;
-    }
-    int ok = 1;
-    float t[5];
-    for (int r = 0; r < 2 && ok; r++) ok = kc_gemm_launch(libs, g, algo, X, W, bias, R, Y, ws, ws_size) == 0;
-    for (int r = 0; r < 5 && ok; r++) {
-        cudaEventRecord(e0, libs->stream);
-        for (int k = 0; k < 8 && ok; k++) ok = kc_gemm_launch(libs, g, algo, X, W, bias, R, Y, ws, ws_size) == 0;
-        cudaEventRecord(e1, libs->stream);
-        cudaEventSynchronize(e1);
-        cudaEventElapsedTime(&t[r], e0, e1);
-        t[r] /= 8.0f;
-    }
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
-    if (!ok) {
+    kc_gemm_call a = {libs, g, algo, X, W, bias, R, Y, ws, ws_size};
+    float ms = FLT_MAX;
+    if (kc_time_launches(libs->stream, kc_gemm_call_launch, &a, &ms) != 0) {
         kiln_error_clear();
         cudaGetLastError();
         return FLT_MAX;
     }
-    qsort(t, 5, sizeof t[0], kc_cmp_float);
-    return t[2];
+    return ms;
 }
 
 // Turns algo into its split-K form with `splits` slices of K (partial sums reduced in fp32), if

@@ -45,6 +45,11 @@ typedef __half kc_half;
 
 extern "C" int kiln_cuda_check_device(int device, char *name, size_t name_size, int *cc_major, int *cc_minor);
 
+// Median time (ms) of launch(ctx): 5 measurements of 4 back-to-back calls after one warm-up
+// (cuda_timing.cu). Every tuning choice is timed with it.
+int kc_time_launches(cudaStream_t s, int (*launch)(void *ctx), void *ctx, float *ms);
+int kc_cmp_float(const void *a, const void *b);  // for qsort over floats
+
 // Libraries shared by all compiled plans of one backend.
 typedef struct kc_libs {
     cublasLtHandle_t lt;
@@ -198,8 +203,7 @@ void kc_attention_cudnn_free(void *state);
 // ||a - b|| / ||b|| over [rows, cols] matrices of dt elements with row strides lda, ldb (waits for s).
 int kc_rel_l2_diff(cudaStream_t s, kc_dtype dt, const kc_half *a, long long lda, const kc_half *b, long long ldb,
                    long long rows, int cols, double *rel);
-// Median time (ms) of launch(ctx): 5 measurements of 4 back-to-back calls after one warm-up.
-int kc_time_launches(cudaStream_t s, int (*launch)(void *ctx), void *ctx, float *ms);
+
 
 // ---- elementwise (cuda_elementwise.cu); upsample and channel copies only move 16-bit elements
 int kc_fill_random(cudaStream_t s, kc_dtype dt, kc_half *x, size_t n, uint32_t seed, float amplitude);

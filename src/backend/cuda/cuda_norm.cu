@@ -1,17 +1,18 @@
-// cuda_norm.cu — GroupNorm (optionally fused with SiLU) and LayerNorm on fp16 data, fp32 statistics.
+// cuda_norm.cu — GroupNorm (optionally fused with SiLU, and with a per-channel addend: the ResBlock's
+// time embedding) and LayerNorm on 16-bit data, fp32 statistics.
 //
-// GroupNorm on NHWC data (C % 8 == 0), on sm_90: one kernel. A cluster of 8 blocks owns a run of
-// channels holding whole groups for one image; each block loads its eighth of the pixels into
-// shared memory once, the blocks exchange per-group sums through distributed shared memory (mean
-// first, then the sum of squared deviations: two exact passes over on-chip data), and each block
-// writes act(x * a + b) from shared memory. HBM traffic is one read and one write, one launch.
-// When a block's share does not fit in shared memory (large VAE maps) or before sm_90: three
-// kernels: (1) blocks over pixel ranges sum shifted values per channel and write (mean, M2)
-// partials per group; (2) one warp per group merges them (Chan's formula) into mean and 1/std;
-// (3) a streaming pass writes act(x * a + b). Other layouts use a simple block-per-group kernel.
-// Kernels are templates over the element type T (__half or __nv_bfloat16, cuda_dtype.cuh).
+// GroupNorm on NHWC data (C % 8 == 0) has three forms; the tuner times them per step (cuda_steps.cu):
+//  - one kernel (sm_90): a cluster of 1..8 blocks owns a run of channels holding whole groups of one
+//    image; each block keeps its share of the pixels in shared memory after one read, sums values
+//    shifted by its first pixel (no cancellation), and the blocks merge per-group (count, mean, M2)
+//    through distributed shared memory (Chan's formula); then each block writes act(x * a + b).
+//    One read and one write of HBM, one launch;
+//  - three kernels: (1) blocks over pixel ranges write (mean, M2) partials per group; (2) one warp
+//    per group merges them into mean and 1/std; (3) a streaming pass writes act(x * a + b);
+//  - two kernels: the same without (2), each block of (3) merging the partials itself.
+// Other layouts use a simple block-per-group kernel. Kernels are templates over the element type T
+// (__half or __nv_bfloat16, cuda_dtype.cuh).
 #include <cooperative_groups.h>
-#include <stdlib.h>
 
 #include "backend/cuda/cuda_internal.h"
 
@@ -114,10 +115,9 @@ __device__ __forceinline__ void kc_chan_merge(float &cnt, float &mean, float &m2
     m2 += m22 + d * d * cnt * c2 / tot;
     cnt = tot;
 }
-__global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, int NG, int G, int S, float eps) {
-    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
-    if (warp >= NG) return;
-    int n = warp / G, g = warp % G;
+// One warp merges the S partials of group g of image n; every lane gets (mean, 1/std).
+__device__ __forceinline__ float2 kc_gn_warp_merge(const kc_gn_partial *part, int n, int S, int G, int g, int lane,
+                                                   float eps) {
     float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
     for (int s = lane; s < S; s += 32) {
         kc_gn_partial q = part[((size_t)n * S + s) * G + g];
@@ -128,7 +128,14 @@ __global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, 
         float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
         kc_chan_merge(cnt, mean, m2, c2, mean2, m22);
     }
-    if (lane == 0) stats[warp] = make_float2(mean, rsqrtf(m2 / cnt + eps));
+    return make_float2(mean, rsqrtf(m2 / cnt + eps));
+}
+
+__global__ void kc_gn_finalize_kernel(const kc_gn_partial *part, float2 *stats, int NG, int G, int S, float eps) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (warp >= NG) return;
+    float2 st = kc_gn_warp_merge(part, warp / G, S, G, warp % G, lane, eps);
+    if (lane == 0) stats[warp] = st;
 }
 
 // Same thread layout as the statistics: each thread folds mean, 1/std, gamma and beta of its 8
@@ -145,17 +152,8 @@ __global__ void kc_gn_apply_kernel(const T *x, const T *add, long long lda, T *y
     if (part) {
         const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
         for (int g = warp; g < G; g += warps) {
-            float cnt = 0.0f, mean = 0.0f, m2 = 0.0f;
-            for (int sp = lane; sp < S; sp += 32) {
-                kc_gn_partial q = part[((size_t)n * S + sp) * G + g];
-                kc_chan_merge(cnt, mean, m2, q.count, q.mean, q.m2);
-            }
-            for (int o = 16; o; o >>= 1) {
-                float c2 = __shfl_xor_sync(0xffffffffu, cnt, o), mean2 = __shfl_xor_sync(0xffffffffu, mean, o);
-                float m22 = __shfl_xor_sync(0xffffffffu, m2, o);
-                kc_chan_merge(cnt, mean, m2, c2, mean2, m22);
-            }
-            if (lane == 0) kc_gn_merged[g] = make_float2(mean, rsqrtf(m2 / cnt + eps));
+            float2 st = kc_gn_warp_merge(part, n, S, G, g, lane, eps);
+            if (lane == 0) kc_gn_merged[g] = st;
         }
         __syncthreads();
     }
@@ -439,7 +437,7 @@ template <typename T> static int kc_group_norm_t(cudaStream_t s, int cc_major, c
     T *y = (T *)g->y;
     bool nhwc = g->sc == 1 && g->sp == C && g->sn == (long long)P * C;
     bool vec = nhwc && C % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)y % 16 == 0;
-    if (vec && g->cluster >= 0 && !getenv("KILN_CUDA_GN_SPLIT")) {  // one kernel, when it applies
+    if (vec && g->cluster >= 0) {  // one kernel, when it applies
         int sizes[4], n = kc_gn_cluster_sizes(cc_major, g, sizes), cs = 0;
         for (int i = 0; i < n; i++)
             if (sizes[i] == g->cluster || !g->cluster) cs = sizes[i];  // 0: the largest (most blocks)

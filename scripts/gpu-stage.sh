@@ -20,5 +20,7 @@ for f in model.safetensors manifest.json text_encoder.safetensors unet.safetenso
   f=$(basename "$f")
   [ -f .gpu/fixtures/tiny-sd15/$f ] || cp "$fixtures/tiny-sd15/$f" .gpu/fixtures/tiny-sd15/
 done
+mkdir -p .gpu/fixtures/tiny-sd15/lora
+cp -n "$fixtures"/tiny-sd15/lora/tiny_lora.safetensors .gpu/fixtures/tiny-sd15/lora/ 2>/dev/null || true
 git rev-parse --short HEAD >.gpu/COMMIT
 du -sh .gpu

@@ -8,6 +8,7 @@
  * expected, and the floor keeps the fp16 bound (a 2x larger error than that estimate still passes).
  * Exits 77 (skipped) without a usable GPU. */
 #include <math.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -123,6 +124,51 @@ TEST(txt2img_cuda_bf16) {
     if (c) compare_txt2img(gpu_bf16, c, "bf16 ", PSNR_MIN_BF16);
 }
 
+/* One request through kiln_generate (prompt tags such as <lora:...> applied for the request only). */
+static int generate_rgb(kiln_ctx *ctx, json_t *c, uint8_t *rgb) {
+    kiln_gen_params p;
+    fixture_gen_params(c, &p);
+    kiln_gen_image *im = NULL;
+    int n = 0;
+    int rc = kiln_generate(ctx, &p, NULL, NULL, &im, &n);
+    if (rc == 0) memcpy(rgb, im[0].rgb, 64 * 64 * 3);
+    else fprintf(stderr, "kiln_generate: %s\n", kiln_last_error());
+    kiln_gen_images_free(im, n);
+    return rc;
+}
+
+/* A LoRA merged after the U-Net plan was compiled and tuned: the CUDA backend converts the changed
+ * weights into the same device memory (no recompile), the image matches the CPU's and A1111's; after
+ * the request the weights are restored and a plain case matches again. */
+TEST(lora_refit_cuda) {
+    json_t *plain = json_array_get(txt2img_cases(), 0);
+    json_t *lora = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "lora"), "runs"), 0);
+    CHECK(plain && lora);
+    if (!plain || !lora) return;
+    uint8_t a[64 * 64 * 3], b[64 * 64 * 3];
+    CHECK(generate_rgb(gpu, plain, b) == 0);  /* plans compiled with the plain weights */
+    CHECK(generate_rgb(cpu, lora, a) == 0);
+    CHECK(generate_rgb(gpu, lora, b) == 0);
+    double p = psnr(a, b, sizeof a), vs_fixture = 0;
+    char rel[256];
+    snprintf(rel, sizeof rel, "tiny-sd15/%s", json_string_value(json_object_get(lora, "file")));
+    kiln_st_file *f = NULL;
+    if (kiln_st_open(test_fixture(rel), &f) == 0) {
+        const kiln_st_tensor *u8 = kiln_st_find(f, "image_u8");
+        if (u8) vs_fixture = psnr(b, u8->data, sizeof b);
+        kiln_st_close(f);
+    }
+    printf("  %-22s LoRA refit: CUDA vs CPU PSNR %.1f dB, CUDA vs A1111 fixture %.1f dB\n",
+           json_string_value(json_object_get(lora, "name")), p, vs_fixture);
+    CHECK_MSG(p >= PSNR_MIN, "LoRA on CUDA: %.1f dB vs CPU", p);
+    CHECK_MSG(vs_fixture >= PSNR_MIN, "LoRA on CUDA: %.1f dB vs fixture", vs_fixture);
+    CHECK(generate_rgb(cpu, plain, a) == 0);  /* restored weights: the plain image again */
+    CHECK(generate_rgb(gpu, plain, b) == 0);
+    p = psnr(a, b, sizeof a);
+    printf("  %-22s after the LoRA request: CUDA vs CPU PSNR %.1f dB\n", json_string_value(json_object_get(plain, "name")), p);
+    CHECK_MSG(p >= PSNR_MIN, "plain after LoRA on CUDA: %.1f dB vs CPU", p);
+}
+
 /* kiln_ctx_options.precision: anything but fp16/bf16 is refused by name, and bf16 needs the cuda backend. */
 static int precision_errors_ok(const kiln_ctx_options *base) {
     kiln_ctx_options o = *base;
@@ -145,7 +191,9 @@ int main(void) {
     char vocab[1024];
     snprintf(vocab, sizeof vocab, "%s/data/bpe_simple_vocab_16e6.txt.gz", KILN_SOURCE_DIR);
     const char *env = getenv("KILN_CLIP_VOCAB");
-    kiln_ctx_options oc = {.backend = "cpu", .vocab_path = env ? env : vocab};
+    char lora_dir[1024];
+    snprintf(lora_dir, sizeof lora_dir, "%s", test_fixture("tiny-sd15/lora"));
+    kiln_ctx_options oc = {.backend = "cpu", .vocab_path = env ? env : vocab, .lora_dir = lora_dir};
     kiln_ctx_options og = oc;
     og.backend = "cuda";
     og.precision = "fp16";  /* explicit: KILN_CUDA_BF16 in the environment must not change the fp16 runs */
@@ -161,6 +209,7 @@ int main(void) {
     }
     RUN(txt2img_cuda_vs_cpu);
     RUN(img2img_cuda_vs_cpu);
+    RUN(lora_refit_cuda);
     kiln_ctx_options ob = og;
     ob.precision = "bf16";
     if (kiln_ctx_create(model, &ob, &gpu_bf16) == 0) {

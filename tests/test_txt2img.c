@@ -112,7 +112,7 @@ TEST(lora_run) {
     CHECK(w && w->data == before); /* weights restored after the request */
     kiln_gen_images_free(im, n);
     kiln_st_close(f);
-    /* the same context without the LoRA gives A1111's plain image again: weights restored, plans recompiled */
+    /* the same context without the LoRA gives A1111's plain image again: weights restored and picked up by the plan */
     json_t *plain = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases"), 0);
     run_case_ctx(ctx_extra, plain, NULL);
     /* a tag naming a LoRA that does not exist is an error naming it */

@@ -22,6 +22,9 @@ typedef struct kiln_backend_ops {
     int (*run)(kiln_compiled *c, const void *const *inputs, void *const *outputs);
     void (*free_compiled)(kiln_compiled *c);
     void (*destroy)(kiln_backend *be);
+    /* 1: run() notices weights whose values changed since compile (kiln_weight.version: a LoRA
+     * merged or restored) and uses the new values, without compiling again. */
+    int refits_weights;
 } kiln_backend_ops;
 
 struct kiln_backend {

@@ -156,7 +156,9 @@ int kiln_ctx_plan(kiln_ctx *ctx, kiln_net_kind kind, int batch, int h, int w, in
 
 int kiln_ctx_run(kiln_ctx *ctx, kiln_cached_plan *cp, int n, const char *const *names, void *const *bufs) {
     uint64_t stamp = kiln_ctx_weights_stamp(ctx);
-    if (stamp != cp->weights_stamp) { /* weights changed since compile (LoRA): compile again */
+    /* weights changed since compile (LoRA): a backend that refits them itself keeps its tuned plan;
+     * any other compiles again, so none runs with stale weights */
+    if (stamp != cp->weights_stamp && !ctx->backend->ops->refits_weights) {
         kiln_log(&ctx->log, KILN_LOG_INFO, "weights changed (LoRA): compiling the plan again");
         if (cp->compiled) ctx->backend->ops->free_compiled(cp->compiled);
         cp->compiled = NULL;

@@ -21,7 +21,7 @@ typedef struct kiln_cached_plan {
     int n_in, n_out;
     int *in_slots, *out_slots;     /* the backend's buffer order */
     uint64_t weights_stamp;        /* kiln_ctx_weights_stamp() when compiled: a LoRA merge or restore changes it,
-                                      and the plan is compiled again so no backend runs with stale weights */
+                                      and the plan is compiled again unless the backend refits weights itself */
 } kiln_cached_plan;
 
 struct kiln_ctx {

@@ -184,6 +184,7 @@ static const kiln_backend_ops cpu_ops = {
     .run = cpu_run,
     .free_compiled = cpu_free_compiled,
     .destroy = cpu_destroy,
+    .refits_weights = 1, /* cpu_run re-converts weights whose version changed */
 };
 
 int kiln_backend_cpu_create(int n_threads, kiln_backend **out) {

@@ -25,7 +25,8 @@ static size_t kc_align(size_t n) { return (n + 255) & ~(size_t)255; }
 
 // Converts and copies one weight to new device memory: fp32 as is, or 16-bit in the backend's dtype
 // (4-D as NHWC).
-static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void **out) {
+// Converts weight w into device memory dev (fp32 as is, or 16-bit with 4-D as NHWC).
+static int kc_convert_weight(kc_backend *be, const kiln_weight *w, int f32, void *dev) {
     int64_t n = kiln_weight_numel(w);
     float *host = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
     if (!host) return kiln_error(KILN_ENOMEM, "out of memory converting weight %s", w->name);
@@ -40,33 +41,35 @@ static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void 
         }
         be->staging_n = (size_t)n;
     }
-    void *dev = NULL;
-    size_t bytes = (size_t)n * (f32 ? sizeof(float) : sizeof(kc_half));
-    if (cudaMalloc(&dev, bytes ? bytes : 16) != cudaSuccess) {
-        free(host);
-        return kiln_error(KILN_ENOMEM, "out of GPU memory uploading weight %s (%zu bytes)", w->name, bytes);
-    }
     // Same stream as the conversion kernel, so the kernel never reads a copy in flight.
     cudaError_t e = cudaMemcpyAsync(f32 ? dev : (void *)be->staging, host, (size_t)n * sizeof(float),
                                     cudaMemcpyHostToDevice, be->libs.stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(be->libs.stream);
     free(host);
-    if (e != cudaSuccess) {
-        cudaFree(dev);
-        return kiln_error(KILN_EBACKEND, "uploading weight %s: %s", w->name, cudaGetErrorString(e));
-    }
+    if (e != cudaSuccess) return kiln_error(KILN_EBACKEND, "uploading weight %s: %s", w->name, cudaGetErrorString(e));
     if (!f32) {
         int nhwc = w->ndim == 4;
-        int rc = kc_f32_to_half(be->libs.stream, be->libs.dtype, be->staging, (kc_half *)dev, nhwc,
-                                nhwc ? (int)w->shape[0] : 1,
-                                nhwc ? (int)w->shape[1] : 1, nhwc ? (int)w->shape[2] : 1,
-                                nhwc ? (int)w->shape[3] : 1, (size_t)n);
-        if (rc == 0 && cudaStreamSynchronize(be->libs.stream) != cudaSuccess)
-            rc = kiln_error(KILN_EBACKEND, "converting weight %s", w->name);
-        if (rc) {
-            cudaFree(dev);
-            return rc;
-        }
+        KILN_TRY(kc_f32_to_half(be->libs.stream, be->libs.dtype, be->staging, (kc_half *)dev, nhwc,
+                                nhwc ? (int)w->shape[0] : 1, nhwc ? (int)w->shape[1] : 1,
+                                nhwc ? (int)w->shape[2] : 1, nhwc ? (int)w->shape[3] : 1, (size_t)n));
+        if (cudaStreamSynchronize(be->libs.stream) != cudaSuccess)
+            return kiln_error(KILN_EBACKEND, "converting weight %s", w->name);
+    }
+    return 0;
+}
+
+// Converts and copies one weight to new device memory.
+static int kc_upload_weight(kc_backend *be, const kiln_weight *w, int f32, void **out) {
+    void *dev = NULL;
+    size_t bytes = (size_t)kiln_weight_numel(w) * (f32 ? sizeof(float) : sizeof(kc_half));
+    if (cudaMalloc(&dev, bytes ? bytes : 16) != cudaSuccess) {
+        cudaGetLastError();
+        return kiln_error(KILN_ENOMEM, "out of GPU memory uploading weight %s (%zu bytes)", w->name, bytes);
+    }
+    int rc = kc_convert_weight(be, w, f32, dev);
+    if (rc) {
+        cudaFree(dev);
+        return rc;
     }
     *out = dev;
     return 0;
@@ -92,14 +95,13 @@ static int kc_weight_get(kiln_compiled *c, const kiln_weight *w, int f32, void *
     int held = 0;
     for (int i = 0; i < c->n_wrefs && !held; i++) held = c->wrefs[i].w == w && c->wrefs[i].f32 == f32;
     int at = kc_cache_find(be, w, f32);
-    if (at >= 0 && be->cache[at].version == w->version) {
+    if (at >= 0) {
+        if (be->cache[at].version != w->version) {  // the values changed (LoRA): convert again in place,
+            KILN_TRY(kc_convert_weight(be, w, f32, be->cache[at].dev));  // other plans' graphs keep the address
+            be->cache[at].version = w->version;
+        }
         if (!held) be->cache[at].refs++;
     } else {
-        int refs = at >= 0 ? be->cache[at].refs : 0;
-        if (at >= 0) {  // the values changed (LoRA merge): upload again, users keep their counts
-            cudaFree(be->cache[at].dev);
-            be->cache[at] = be->cache[--be->n_cache];
-        }
         void *dev = NULL;
         KILN_TRY(kc_upload_weight(be, w, f32, &dev));
         if (be->n_cache == be->cap_cache) {
@@ -111,7 +113,7 @@ static int kc_weight_get(kiln_compiled *c, const kiln_weight *w, int f32, void *
             }
             be->cache = grown, be->cap_cache = cap;
         }
-        be->cache[be->n_cache++] = (kc_cached_weight){w, f32, w->version, refs + (held ? 0 : 1), dev};
+        be->cache[be->n_cache++] = (kc_cached_weight){w, f32, w->version, held ? 0 : 1, dev};
         at = be->n_cache - 1;
     }
     if (!held) {
@@ -271,8 +273,49 @@ int kc_capture(kiln_compiled *c) {
     return 0;
 }
 
+// Sum of the versions of every weight c reads (versions only grow, so any change changes the sum).
+static uint64_t kc_weights_stamp(const kiln_compiled *c) {
+    uint64_t stamp = 0;
+    for (int i = 0; i < c->n_wrefs; i++) stamp += c->wrefs[i].w->version;
+    for (int i = 0; i < c->n_steps; i++)
+        for (int m = 0; m < c->steps[i].n_cat; m++)
+            stamp += c->steps[i].cat[m].w->version + (c->steps[i].cat[m].b ? c->steps[i].cat[m].b->version : 0);
+    return stamp;
+}
+
+// Weights whose values changed since they were uploaded (a LoRA merged or restored) are converted
+// again into the same device memory, so the tuned steps and the captured graph stay valid.
+static int kc_refit(kiln_compiled *c) {
+    uint64_t stamp = kc_weights_stamp(c);
+    if (stamp == c->weights_stamp) return 0;
+    kc_backend *be = c->be;
+    for (int i = 0; i < c->n_wrefs; i++) {
+        int at = kc_cache_find(be, c->wrefs[i].w, c->wrefs[i].f32);
+        if (at < 0 || be->cache[at].version == be->cache[at].w->version) continue;
+        KILN_TRY(kc_convert_weight(be, be->cache[at].w, be->cache[at].f32, be->cache[at].dev));
+        be->cache[at].version = be->cache[at].w->version;
+    }
+    for (int i = 0; i < c->n_steps; i++) {
+        kc_step *st = &c->steps[i];
+        for (int m = 0; m < st->n_cat; m++) {
+            kc_cat_member *cm = &st->cat[m];
+            if (cm->wver != cm->w->version) {
+                KILN_TRY(kc_convert_weight(be, cm->w, 0, st->wcat + cm->row * st->cat_k));
+                cm->wver = cm->w->version;
+            }
+            if (cm->b && cm->bver != cm->b->version) {
+                KILN_TRY(kc_convert_weight(be, cm->b, 0, st->bcat + cm->row));
+                cm->bver = cm->b->version;
+            }
+        }
+    }
+    c->weights_stamp = stamp;
+    return 0;
+}
+
 int kc_ready(kiln_compiled *c) {
     kc_backend *be = c->be;
+    KILN_TRY(kc_refit(c));  // first: a graph is never captured while weights are being converted
     if (c->arena && c->arena == be->work) return 0;
     KILN_TRY(kc_work_reserve(be, c->total_bytes));
     const char *old = c->arena;
@@ -296,6 +339,7 @@ static void kc_free_compiled(kiln_compiled *c) {
         kc_attention_cudnn_free(c->steps[i].attn_cudnn);
         cudaFree(c->steps[i].wcat);
         cudaFree(c->steps[i].bcat);
+        free(c->steps[i].cat);
     }
     for (int i = 0; i < c->n_wrefs; i++) kc_cache_release(c->be, c->wrefs[i].w, c->wrefs[i].f32);
     free(c->wrefs);
@@ -397,6 +441,9 @@ static int kc_concat_weights(kiln_compiled *c) {
         if (st->op < 0 || !st->n_total) continue;
         const kiln_op *a = &p->ops[i];
         int K = (int)p->slots[a->in[1]].shape[1], has_bias = a->in[2] >= 0;
+        st->cat_k = K;
+        st->cat = (kc_cat_member *)calloc((size_t)p->n_ops - i, sizeof *st->cat);
+        if (!st->cat) return kiln_error(KILN_ENOMEM, "out of memory");
         KC_CUDA(cudaMalloc((void **)&st->wcat, (size_t)st->n_total * K * sizeof(kc_half)));
         if (has_bias) KC_CUDA(cudaMalloc((void **)&st->bcat, (size_t)st->n_total * sizeof(kc_half)));
         size_t row = 0;
@@ -413,6 +460,9 @@ static int kc_concat_weights(kiln_compiled *c) {
                 KILN_TRY(kc_half_ptr(c, b->in[2], &bias));
                 KC_CUDA(cudaMemcpy(st->bcat + row, bias, n * sizeof(kc_half), cudaMemcpyDeviceToDevice));
             }
+            const kiln_weight *mw = p->slots[b->in[1]].weight, *mb = has_bias ? p->slots[b->in[2]].weight : NULL;
+            kc_cat_member *cm = &st->cat[st->n_cat++];
+            cm->w = mw, cm->b = mb, cm->row = row, cm->n = n, cm->wver = mw->version, cm->bver = mb ? mb->version : 0;
             row += n;
             kc_weight_drop(c, p->slots[b->in[1]].weight, 0);
             if (has_bias) kc_weight_drop(c, p->slots[b->in[2]].weight, 0);
@@ -601,6 +651,7 @@ static int kc_compile_impl(kiln_compiled *c) {
         rc = kiln_error(KILN_EBACKEND, "compile: %s", cudaGetErrorString(cudaGetLastError()));
         goto done;
     }
+    c->weights_stamp = kc_weights_stamp(c);
     rc = kc_capture(c);
 done:
     free(readers);
@@ -688,7 +739,7 @@ static void kc_destroy(kiln_backend *be) {
     free(be);
 }
 
-static const kiln_backend_ops kc_ops = {"cuda", kc_compile, kc_run, kc_free_compiled, kc_destroy};
+static const kiln_backend_ops kc_ops = {"cuda", kc_compile, kc_run, kc_free_compiled, kc_destroy, 1};
 
 extern "C" int kiln_backend_cuda_create_ex(int device, int bf16, kiln_backend **out) {
     *out = NULL;

@@ -44,6 +44,14 @@ typedef struct kc_slotinfo {
     long long ld;           // row stride in elements; 0 = dense
 } kc_slotinfo;
 
+// One member of a horizontally fused GEMM: its weight and bias, its rows in the concatenation, and
+// the versions its rows were converted from.
+typedef struct kc_cat_member {
+    const kiln_weight *w, *b;
+    size_t row, n;
+    uint64_t wver, bver;
+} kc_cat_member;
+
 typedef struct kc_step {
     int op;                 // plan op index, or -1 for a removed op
     int out;                // slot written (an ADD's output when a residual was fused)
@@ -55,9 +63,12 @@ typedef struct kc_step {
     kc_conv conv;
     int has_gemm, has_conv;
     // Horizontal fusion: LINEAR ops sharing their input run as one GEMM over concatenated weights
-    // (owned here), writing every member's output as a column range of one buffer.
+    // (owned here), writing every member's output as a column range of one buffer. The members'
+    // weights, rows and versions are kept so that a changed weight is converted into its rows again.
     kc_half *wcat, *bcat;
-    int n_total;
+    int n_total, cat_k;
+    kc_cat_member *cat;
+    int n_cat;
     // Attention: cuDNN's fused attention (state from kc_attention_cudnn_try) when it beat kiln's
     // own kernel at tune time, else NULL; the times both measured (FLT_MAX: not measured).
     void *attn_cudnn;
@@ -87,6 +98,7 @@ struct kiln_compiled {
     char *pinned;
     size_t *pinned_off;     // per input, then per output
     int *in_sent;
+    uint64_t weights_stamp; // sum of the versions of every weight the plan reads: changes with a LoRA
     int n_wrefs, cap_wrefs;
 };
 
@@ -103,8 +115,9 @@ int kc_execute(kiln_compiled *c, int tune);
 // Captures kc_execute as the plan's CUDA graph (replacing any earlier one); falls back to running
 // op by op when capture fails. cuda_backend.cu.
 int kc_capture(kiln_compiled *c);
-// Moves c onto the backend's current work buffer if it was reallocated since c last ran (rebases
-// pointers, captures the graph again). Called before every run. cuda_backend.cu.
+// Before every run: converts weights that changed since c last ran into their device memory (a
+// LoRA), and moves c onto the backend's current work buffer if it was reallocated since (rebases
+// pointers, captures the graph again). cuda_backend.cu.
 int kc_ready(kiln_compiled *c);
 // Scratch one op may need (workspaces, im2col, group-norm partials, attention fallback).
 size_t kc_step_scratch(const kiln_plan *p, const kiln_op *op);

@@ -78,10 +78,22 @@ TEST(textual_inversion_run) {
 
 /* The LoRA run goes through kiln_generate, which cuts the <lora:...> tag, merges the LoRA for the request and
  * restores the weights afterwards. */
+/* Plans compiled by ctx_extra (its log callback counts them). */
+static int n_compiles;
+static void count_compiles(void *user, kiln_log_level level, const char *msg) {
+    (void)user, (void)level;
+    if (strstr(msg, "compil")) n_compiles++;
+}
+
 TEST(lora_run) {
     json_t *c = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "lora"), "runs"), 0);
     CHECK(c != NULL);
     if (!c) return;
+    /* the plain case first, so that every plan the LoRA request needs is compiled with the plain weights: the
+     * backend must then pick up the merged (and afterwards the restored) weights without compiling again */
+    json_t *plain0 = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases"), 0);
+    run_case_ctx(ctx_extra, plain0, NULL);
+    int compiles_before = n_compiles;
     kiln_gen_params p;
     fixture_gen_params(c, &p);
     const kiln_weight *w = kiln_weights_find(model->weights, "model.diffusion_model.input_blocks.1.1.proj_in.weight");
@@ -115,6 +127,7 @@ TEST(lora_run) {
     /* the same context without the LoRA gives A1111's plain image again: weights restored and picked up by the plan */
     json_t *plain = json_array_get(json_object_get(json_object_get(json_object_get(manifest, "cases"), "txt2img"), "cases"), 0);
     run_case_ctx(ctx_extra, plain, NULL);
+    CHECK_MSG(n_compiles == compiles_before, "%d plans compiled again around a LoRA request", n_compiles - compiles_before);
     /* a tag naming a LoRA that does not exist is an error naming it */
     p.prompt = "a cat <lora:no_such_lora:1>";
     CHECK(kiln_generate(ctx_extra, &p, NULL, NULL, &im, &n) < 0 && strstr(kiln_last_error(), "no_such_lora"));
@@ -167,6 +180,7 @@ int main(void) {
     snprintf(emb_dir, sizeof emb_dir, "%s", test_fixture("tiny-sd15/embeddings"));
     extra.lora_dir = lora_dir;
     extra.embeddings_dir = emb_dir;
+    extra.log = count_compiles;
     if (kiln_ctx_create(model, &extra, &ctx_extra)) {
         fprintf(stderr, "setup: %s\n", kiln_last_error());
         return 1;

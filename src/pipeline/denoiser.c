@@ -50,11 +50,29 @@ int kiln_cfg_denoiser_init(kiln_cfg_denoiser *d, kiln_ctx *ctx, const kiln_sched
 }
 
 void kiln_cfg_denoiser_free(kiln_cfg_denoiser *d) {
+    for (int i = 0; i < 5; i++) {
+        free(d->buf[i]);
+        d->buf[i] = NULL;
+        d->buf_n[i] = 0;
+    }
     for (int i = 0; i < d->n_parts; i++) sched_cond_free(&d->parts[i]);
     free(d->parts);
     sched_cond_free(&d->uncond);
     d->parts = NULL;
     d->n_parts = 0;
+}
+
+/* The denoiser's reusable buffers (see kiln_cfg_denoiser.buf), one per use that lives at the same time. */
+enum { BUF_SCALED_X, BUF_ROWS_OUT, BUF_GROUP_OUT, BUF_UNET_X, BUF_UNET_CONTEXT };
+
+static float *buffer(kiln_cfg_denoiser *d, int which, size_t n) {
+    if (d->buf_n[which] < n) {
+        float *grown = realloc(d->buf[which], sizeof(float) * (n ? n : 1));
+        if (!grown) return NULL;
+        d->buf[which] = grown;
+        d->buf_n[which] = n;
+    }
+    return d->buf[which];
 }
 
 /* A1111 reconstruct_cond_batch: the first entry with step <= end_at_step, else entry 0. */
@@ -72,8 +90,8 @@ static int unet_rows(kiln_cfg_denoiser *d, const kiln_cond *const *rows, int n_r
     const size_t lat = (size_t)d->channels * d->lat_h * d->lat_w;
     kiln_cached_plan *cp = NULL;
     KILN_TRY(kiln_ctx_plan(d->ctx, KILN_NET_UNET, N, d->lat_h, d->lat_w, L, &cp));
-    float *x_in = malloc(sizeof(float) * lat * N), *t_in = malloc(sizeof(float) * N),
-          *c_in = malloc(sizeof(float) * (size_t)L * H * N);
+    float *x_in = buffer(d, BUF_UNET_X, lat * N), *t_in = malloc(sizeof(float) * N),
+          *c_in = buffer(d, BUF_UNET_CONTEXT, (size_t)L * H * N);
     int rc = x_in && t_in && c_in ? KILN_OK : kiln_error(KILN_ENOMEM, "out of memory");
     for (int r = 0; rc == KILN_OK && r < n_rows; r++)
         for (int b = 0; b < B; b++) {
@@ -87,7 +105,7 @@ static int unet_rows(kiln_cfg_denoiser *d, const kiln_cond *const *rows, int n_r
         void *bufs[4] = {x_in, t_in, c_in, out};
         rc = kiln_ctx_run(d->ctx, cp, 4, names, bufs);
     }
-    free(x_in), free(t_in), free(c_in);
+    free(t_in);
     return rc;
 }
 
@@ -108,12 +126,10 @@ static int run_rows(kiln_cfg_denoiser *d, const kiln_cond *const *rows, int n_ro
                 idx[n++] = k;
                 done[k] = 1;
             }
-        float *tmp = malloc(sizeof(float) * per_row * n);
+        float *tmp = buffer(d, BUF_GROUP_OUT, per_row * n);
         if (!tmp) return kiln_error(KILN_ENOMEM, "out of memory");
-        int rc = unet_rows(d, group, n, x_scaled, t, tmp);
-        for (int k = 0; rc == KILN_OK && k < n; k++) memcpy(out + per_row * idx[k], tmp + per_row * k, sizeof(float) * per_row);
-        free(tmp);
-        KILN_TRY(rc);
+        KILN_TRY(unet_rows(d, group, n, x_scaled, t, tmp));
+        for (int k = 0; k < n; k++) memcpy(out + per_row * idx[k], tmp + per_row * k, sizeof(float) * per_row);
     }
     return KILN_OK;
 }
@@ -140,7 +156,7 @@ static int cfg_step(kiln_cfg_denoiser *d, const float *x_model, float t, double 
     const kiln_cond *rows[65];
     for (int p = 0; p < d->n_parts; p++) rows[p] = cond_at(&d->parts[p], d->step);
     if (!skip_uncond) rows[d->n_parts] = cond_at(&d->uncond, d->step);
-    float *out = malloc(sizeof(float) * n * (size_t)n_rows);
+    float *out = buffer(d, BUF_ROWS_OUT, n * (size_t)n_rows);
     if (!out) return kiln_error(KILN_ENOMEM, "out of memory");
     int rc = run_rows(d, rows, n_rows, x_model, t, out);
     if (rc == KILN_OK && !eps_mode) {
@@ -161,7 +177,6 @@ static int cfg_step(kiln_cfg_denoiser *d, const float *x_model, float t, double 
         if (d->nmask && !eps_mode)
             for (size_t i = 0; i < n; i++) result[i] = d->init_latent[i] * (1.0f - d->nmask[i]) + d->nmask[i] * result[i];
     }
-    free(out);
     d->step++;
     return rc;
 }
@@ -171,13 +186,11 @@ int kiln_cfg_denoise(void *user, const float *x, double sigma, float *denoised) 
     const size_t n = (size_t)d->batch * d->channels * d->lat_h * d->lat_w;
     float c_skip, c_out, c_in;
     kiln_schedule_scalings(d->schedule, (float)sigma, &c_skip, &c_out, &c_in);
-    float *xs = malloc(sizeof(float) * n);
+    float *xs = buffer(d, BUF_SCALED_X, n);
     if (!xs) return kiln_error(KILN_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) xs[i] = x[i] * c_in;
     float t = kiln_sigma_to_t(d->schedule, (float)sigma);
-    int rc = cfg_step(d, xs, t, sigma, x, 0, denoised);
-    free(xs);
-    return rc;
+    return cfg_step(d, xs, t, sigma, x, 0, denoised);
 }
 
 int kiln_cfg_eps(void *user, const float *x, double t, float *eps) {

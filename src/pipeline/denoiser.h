@@ -28,6 +28,10 @@ typedef struct kiln_cfg_denoiser {
     int step;                           /* denoiser calls so far (A1111 CFGDenoiser.step) */
     /* inpainting: after CFG, denoised = denoised * nmask + init_latent * (1 - nmask); NULL = off */
     const float *init_latent, *nmask;
+    /* Buffers reused from call to call (grown as needed, freed with the denoiser): a fresh large
+     * allocation every step would be fresh pages, and page faults, every step. */
+    float *buf[5];
+    size_t buf_n[5];
 } kiln_cfg_denoiser;
 
 /* Encodes the prompts (schedules for `steps` sampler steps, AND-parts) into d. */

@@ -19,6 +19,7 @@
 #include "net/net.h"
 #include "text/chunker.h"
 #include "test.h"
+#include "torch_writer.h"
 
 static char tmp_dir[256];
 static kiln_tokenizer *tok;
@@ -61,146 +62,12 @@ static int write_file(const char *rel, const syn_tensor *ts, int n) {
     return rc;
 }
 
-/* ---- minimal torch.save zip files (stored members, protocol-2 pickle), for .pt/.bin embeddings ---- */
-typedef struct buf {
-    uint8_t *p;
-    size_t n, cap;
-} buf;
-
-static void put(buf *b, const void *d, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-static void put8(buf *b, unsigned v) {
-    uint8_t c = (uint8_t)v;
-    put(b, &c, 1);
-}
-static void put16(buf *b, unsigned v) {
-    put8(b, v & 0xFF);
-    put8(b, (v >> 8) & 0xFF);
-}
-static void put32(buf *b, uint32_t v) {
-    put16(b, v & 0xFFFF);
-    put16(b, v >> 16);
-}
-
-static int memo_n;
-static void p_memo(buf *b) {
-    put8(b, 'q');
-    put8(b, (unsigned)memo_n++);
-}
-static void p_str(buf *b, const char *s) {
-    put8(b, 'X');
-    put32(b, (uint32_t)strlen(s));
-    put(b, s, strlen(s));
-    p_memo(b);
-}
-static void p_int(buf *b, unsigned v) { /* 0 .. 65535 */
-    put8(b, 'M');
-    put16(b, v);
-}
-static void p_global(buf *b, const char *mod, const char *name) {
-    put8(b, 'c');
-    put(b, mod, strlen(mod));
-    put8(b, '\n');
-    put(b, name, strlen(name));
-    put8(b, '\n');
-    p_memo(b);
-}
-/* torch._utils._rebuild_tensor_v2(('storage', torch.FloatStorage, key, 'cpu', rows*cols), 0, (rows, cols)
- * or (cols,), strides, False, OrderedDict()) */
-static void p_tensor(buf *b, const char *key, unsigned rows, unsigned cols, int one_d) {
-    p_global(b, "torch._utils", "_rebuild_tensor_v2");
-    put8(b, '(');
-    put8(b, '(');
-    p_str(b, "storage");
-    p_global(b, "torch", "FloatStorage");
-    p_str(b, key);
-    p_str(b, "cpu");
-    p_int(b, rows * cols);
-    put8(b, 't');
-    p_memo(b);
-    put8(b, 'Q');
-    p_int(b, 0);
-    put8(b, '(');
-    if (!one_d) p_int(b, rows);
-    p_int(b, cols);
-    put8(b, 't');
-    put8(b, '(');
-    if (!one_d) p_int(b, cols);
-    p_int(b, 1);
-    put8(b, 't');
-    put8(b, 0x89); /* NEWFALSE */
-    p_global(b, "collections", "OrderedDict");
-    put8(b, ')');
-    put8(b, 'R');
-    put8(b, 't');
-    put8(b, 'R');
-    p_memo(b);
-}
-
-typedef struct zmember {
-    char name[64];
-    const void *data;
-    size_t size;
-} zmember;
-
-static int write_zip(const char *path, const zmember *m, int n) {
-    buf z = {0}, cd = {0};
-    for (int i = 0; i < n; i++) {
-        uint32_t crc = (uint32_t)crc32(crc32(0, Z_NULL, 0), m[i].data, (uInt)m[i].size);
-        size_t nl = strlen(m[i].name);
-        uint32_t local = (uint32_t)z.n;
-        put32(&z, 0x04034b50);
-        put16(&z, 20);
-        put16(&z, 0);
-        put16(&z, 0);
-        put32(&z, 0);
-        put32(&z, crc);
-        put32(&z, (uint32_t)m[i].size);
-        put32(&z, (uint32_t)m[i].size);
-        put16(&z, (unsigned)nl);
-        put16(&z, 0);
-        put(&z, m[i].name, nl);
-        put(&z, m[i].data, m[i].size);
-        put32(&cd, 0x02014b50);
-        put16(&cd, 20);
-        put16(&cd, 20);
-        put16(&cd, 0);
-        put16(&cd, 0);
-        put32(&cd, 0);
-        put32(&cd, crc);
-        put32(&cd, (uint32_t)m[i].size);
-        put32(&cd, (uint32_t)m[i].size);
-        put16(&cd, (unsigned)nl);
-        put16(&cd, 0);
-        put16(&cd, 0);
-        put16(&cd, 0);
-        put16(&cd, 0);
-        put32(&cd, 0);
-        put32(&cd, local);
-        put(&cd, m[i].name, nl);
-    }
-    uint32_t cd_off = (uint32_t)z.n;
-    put(&z, cd.p, cd.n);
-    put32(&z, 0x06054b50);
-    put16(&z, 0);
-    put16(&z, 0);
-    put16(&z, (unsigned)n);
-    put16(&z, (unsigned)n);
-    put32(&z, (uint32_t)cd.n);
-    put32(&z, cd_off);
-    put16(&z, 0);
-    FILE *f = fopen(path, "wb");
-    int ok = f && fwrite(z.p, 1, z.n, f) == z.n;
-    if (f) fclose(f);
-    free(z.p);
-    free(cd.p);
-    return ok ? 0 : -1;
+/* torch._utils._rebuild_tensor_v2 of a float32 [rows, cols] tensor (or [cols] when one_d) stored in
+ * member archive/data/<key> from its start. */
+static void p_float_tensor(buf *b, const char *key, long long rows, long long cols, int one_d) {
+    long long shape[2] = {rows, cols}, stride[2] = {cols, 1};
+    p_tensor(b, "FloatStorage", key, rows * cols, 0, one_d ? shape + 1 : shape, one_d ? stride + 1 : stride,
+             one_d ? 1 : 2);
 }
 
 /* kind 0: A1111 {"string_to_token": {"*": 265}, "string_to_param": {"*": [rows, 128]}, "name": .., "step": 7}
@@ -211,15 +78,13 @@ static int write_pt(const char *path, int kind, unsigned rows) {
     for (int k = 0; k < 4 * 128; k++) data0[k] = syn_value(0, k);
     for (int k = 0; k < 128; k++) data1[k] = syn_value(1, k);
     buf b = {0};
-    memo_n = 0;
-    put8(&b, 0x80);
-    put8(&b, 2);
+    p_begin(&b);
     put8(&b, '}');
     p_memo(&b);
     put8(&b, '(');
     if (kind == 2) {
         p_str(&b, "<tok>");
-        p_tensor(&b, "0", 1, 128, 1);
+        p_float_tensor(&b, "0", 1, 128, 1);
     } else {
         p_str(&b, "string_to_token");
         put8(&b, '}');
@@ -232,10 +97,10 @@ static int write_pt(const char *path, int kind, unsigned rows) {
         p_memo(&b);
         put8(&b, '(');
         p_str(&b, "*");
-        p_tensor(&b, "0", rows, 128, 0);
+        p_float_tensor(&b, "0", rows, 128, 0);
         if (kind == 1) {
             p_str(&b, "#");
-            p_tensor(&b, "1", 1, 128, 0);
+            p_float_tensor(&b, "1", 1, 128, 0);
         }
         put8(&b, 'u');
         p_str(&b, "name");
@@ -245,12 +110,14 @@ static int write_pt(const char *path, int kind, unsigned rows) {
     }
     put8(&b, 'u');
     put8(&b, '.');
-    zmember m[4] = {{"archive/data.pkl", b.p, b.n},
+    zmember m[4] = {{"archive/data.pkl", b.p, b.n, 0},
                     {"archive/data/0", kind == 2 ? (const void *)data1 : (const void *)data0,
-                     kind == 2 ? sizeof data1 : rows * 128 * sizeof(float)},
-                    {"archive/version", "3\n", 2},
-                    {"archive/data/1", data1, sizeof data1}};
-    int rc = write_zip(path, m, kind == 1 ? 4 : 3);
+                     kind == 2 ? sizeof data1 : rows * 128 * sizeof(float), 0},
+                    {"archive/version", "3\n", 2, 0},
+                    {"archive/data/1", data1, sizeof data1, 0}};
+    buf z = make_zip(m, kind == 1 ? 4 : 3, 0);
+    int rc = write_buf(path, &z);
+    free(z.p);
     free(b.p);
     return rc;
 }

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "pipeline/conditioning.h"
+#include "fixture_cases.h"
 #include "test.h"
 
 static kiln_model *model;
@@ -77,16 +78,8 @@ TEST(textual_inversion_cases) {
 }
 
 int main(void) {
-    json_error_t jerr;
-    manifest = json_load_file(test_fixture("tiny-sd15/manifest.json"), 0, &jerr);
-    char vocab[1024];
-    snprintf(vocab, sizeof vocab, "%s/data/bpe_simple_vocab_16e6.txt.gz", KILN_SOURCE_DIR);
-    kiln_ctx_options opts = {.backend = "cpu", .vocab_path = vocab};
-    if (!manifest || kiln_model_load(test_fixture("tiny-sd15/model.safetensors"), NULL, &model) ||
-        kiln_ctx_create(model, &opts, &ctx)) {
-        fprintf(stderr, "setup: %s\n", kiln_last_error());
-        return 1;
-    }
+    kiln_ctx_options opts;
+    if (fixture_cpu_setup(&manifest, &model, &opts, &ctx)) return 1;
     RUN(conditioning_cases);
     RUN(textual_inversion_cases);
     kiln_ctx_free(ctx);
